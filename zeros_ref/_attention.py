@@ -1,0 +1,112 @@
+"""`attention`: the public O(N) entry point (spec sections 3-5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+from ._chunked import run
+from ._state import State
+from ._validate import Inputs, check_inputs
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "attention"]
+
+DEFAULT_CHUNK_SIZE = 64
+"""Chunk length C of the reference; any C >= 1 gives the same result to rounding."""
+
+
+def _check_state(state: Any, inp: Inputs) -> State:
+    xp, batch = inp.xp, inp.batch
+    d, dv = inp.q.shape[-1], inp.v.shape[-1]
+    if state is None:
+        return State.empty(xp, batch, d, dv, dtype=inp.compute_dtype, device=device(inp.q))
+    if not isinstance(state, State):
+        raise TypeError(f"`state` must be a zeros_ref.State; got {type(state).__name__}")
+    expected = (*batch, 3, d, dv)
+    if tuple(state.kv.shape) != expected:
+        raise ValueError(
+            f"`state` was made for shape {tuple(state.kv.shape)} (*B, 3, D, Dv) but these "
+            f"inputs need {expected}"
+        )
+    if state.kv.dtype != inp.compute_dtype:
+        raise TypeError(
+            f"`state` holds dtype {state.kv.dtype} but these inputs compute in "
+            f"{inp.compute_dtype}"
+        )
+    return state
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    logits: Any = None,
+    first: Any = 1.0,
+    higher: Any = 1.0,
+    zero: Any = 0.0,
+    causal: bool = True,
+    state: State | None = None,
+    return_state: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Any:
+    """ZeroS attention in O(N) time and O(C^2 + D Dv) working memory per head.
+
+    Parameters
+    ----------
+    q, k : (..., N, D) arrays of one real floating dtype, namespace and device.
+        Only their directions enter the weights (ZS-DEF-COS).
+    v : (..., N, Dv) array.
+    logits : (..., N) array or None
+        Radial logit s_i of each key. None means the deviation logit of the raw keys
+        (ZS-LOG-DEFAULT): ``deviation_logits(k, mu=0, tau=1, causal=causal)``.
+    first, higher, zero : float or array broadcastable to (..., N)
+        Gates g1, gh, g0 of each query step (ZS-DEF-GATES). The defaults give
+        ``r = softmax(s) - 1/t``.
+    causal : bool
+        Causal (prefix) weights if True, bidirectional (whole sequence) if False.
+    state : State or None
+        State returned by an earlier call on the preceding part of the sequence (causal only).
+    return_state : bool
+        Also return the state after this input (causal only).
+    chunk_size : int >= 1
+        Chunk length C; affects speed and rounding only.
+
+    Returns
+    -------
+    output : (..., N, Dv) array of the input's namespace, dtype and device; leading axes are
+        the broadcast of all inputs' leading axes.
+    state : State, only if `return_state`.
+
+    Notes
+    -----
+    ``out_t = sum_{i<=t} r[t,i] cos(q_t, k_i) v_i`` with
+    ``r[t,i] = gh_t p[t,i] + (g1_t - gh_t) (s_i - sbar_t)/t + (g0_t - gh_t)/t`` (ZS-DEF-WEIGHTS),
+    evaluated by the chunked form of spec section 4. Half-precision inputs are computed in
+    float32 and the output is rounded once at the end (ZS-DTYPE-HALF).
+
+    References
+    ----------
+    spec/zeros-spec.md: ZS-DEF-*, ZS-ON-*, ZS-STREAM-*, ZS-STAB-*, ZS-ERR-*.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 5, 4))
+    >>> attention(q, k, v).shape
+    (2, 5, 4)
+    """
+    inp = check_inputs(q, k, v, logits, first, higher, zero)
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal` must be a bool; got {type(causal).__name__}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be an integer >= 1; got {chunk_size!r}")
+    if not causal and (state is not None or return_state):
+        raise ValueError("`state` and `return_state` need causal=True: only a causal prefix "
+                         "can be continued")
+    start = _check_state(state, inp)
+    out, end = run(inp.xp, inp, start, causal=causal, chunk_size=chunk_size)
+    out = inp.xp.astype(out, inp.dtype, copy=False)
+    return (out, end) if return_state else out

@@ -1,0 +1,185 @@
+"""The O(N) chunked form of ZeroS attention (spec section 4, ZS-ON-*).
+
+The weights are affine in ``(exp(s_i), s_i, 1)`` with coefficients that depend on the query
+step only, so attention is linear attention with three stacked key features
+
+    phi(k_i) = [exp(s_i - m) kh_i,  (s_i - sbar) kh_i,  kh_i]        (3D,)
+
+and a (3D, Dv) state. The sequence is cut into chunks of C tokens. Within a chunk the weights
+are formed explicitly (C x C); earlier chunks are read from the carried state. Every
+exponent is relative to the causal running max, so nothing overflows and no prefix
+underflows to 0/0 (ZS-STAB-MAX); the mean logit is kept relative to the running max
+(ZS-STAB-SHIFT).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from array_api_compat import device
+
+from ._directions import unit
+from ._logits import running_mean_logits
+from ._state import State
+from ._validate import Inputs
+
+__all__ = ["absorb", "causal_chunk", "read"]
+
+
+class PrefixStats(NamedTuple):
+    """Softmax statistics of each query row over the keys it sees (spec 4.2).
+
+    m : (*B, R) running max m_t; mean : (*B, R) ``sbar_t - m_t``; normaliser : (*B, R) E_t;
+    decay : (*B, R) ``exp(m_prev - m_t)``; shift : (*B, R) ``sbar_prev - sbar_t``;
+    centred : (*B, R, C) ``s_i - m_t`` where visible, else 0;
+    exp_logits : (*B, R, C) ``exp(s_i - m_t)`` where visible, else 0.
+    """
+
+    m: Any
+    mean: Any
+    normaliser: Any
+    decay: Any
+    shift: Any
+    centred: Any
+    exp_logits: Any
+
+
+def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixStats:
+    """Statistics of rows whose keys are the state's prefix plus the `visible` chunk keys.
+
+    Shapes: s (*B, C) chunk logits; visible (R, C) bool; t (R,) 1-based positions.
+    """
+    # Step 4.2a: the running max. An empty state adopts the chunk's first logit as its
+    # reference, so no infinity ever enters the arithmetic.
+    m_prev = state.running_max if state.length else s[..., 0]  # (*B,)
+    masked = xp.where(visible, s[..., None, :], -xp.inf)  # (*B, R, C)
+    m = xp.maximum(m_prev[..., None], xp.max(masked, axis=-1))  # (*B, R)
+    # Step 4.2b: logits relative to each row's max (<= 0 where visible).
+    centred = xp.where(visible, s[..., None, :] - m[..., None], 0.0)  # (*B, R, C)
+    exp_logits = xp.where(visible, xp.exp(centred), 0.0)  # (*B, R, C)
+    decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
+    normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
+    # Step 4.2c: the mean logit relative to m_t, from the prefix count n and the chunk.
+    n = state.length
+    mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
+    mean = (n * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
+    shift = mean_prev - mean
+    return PrefixStats(m, mean, normaliser, decay, shift, centred, exp_logits)
+
+
+def coefficients(gates: tuple[Any, Any, Any], t: Any, normaliser: Any) -> tuple[Any, Any, Any]:
+    """Per-row coefficients of ``r = a exp(s_i - m) + b (s_i - sbar) + c`` (spec 4.1).
+
+    ``a = gh / E``, ``b = (g1 - gh) / t``, ``c = (g0 - gh) / t``; all (*B, R).
+    """
+    first, higher, zero = gates
+    return higher / normaliser, (first - higher) / t, (zero - higher) / t
+
+
+def read(xp: Any, kv: Any, qh: Any, a: Any, b: Any, c: Any) -> Any:
+    """``qh_t^T (a_t F + b_t G + c_t H)`` for every row: one (3D -> Dv) product.
+
+    Shapes: kv (*B, 3, D, Dv); qh (*B, R, D); a, b, c (*B, R). Returns (*B, R, Dv).
+    """
+    features = xp.concat([a[..., None] * qh, b[..., None] * qh, c[..., None] * qh], axis=-1)
+    d3, dv = 3 * kv.shape[-2], kv.shape[-1]
+    return features @ xp.reshape(kv, (*kv.shape[:-3], d3, dv))  # (*B, R, 3D) @ (*B, 3D, Dv)
+
+
+def absorb(xp: Any, state: State, k: Any, kh: Any, v: Any, s: Any) -> State:
+    """The state after appending a chunk (spec 4.3): one (3D x C) @ (C x Dv) product.
+
+    Shapes: k, kh (*B, C, D); v (*B, C, Dv); s (*B, C).
+    """
+    c = s.shape[-1]
+    n = state.length + c
+    everything = xp.ones((1, c), dtype=xp.bool, device=device(s))
+    t = xp.asarray([float(n)], dtype=s.dtype, device=device(s))
+    st = prefix_stats(xp, state, s, everything, t)
+    m, mean, normaliser = st.m[..., 0], st.mean[..., 0], st.normaliser[..., 0]  # (*B,)
+    w = st.exp_logits[..., 0, :]  # (*B, C) exp(s_i - m)
+    f = st.centred[..., 0, :] - mean[..., None]  # (*B, C) s_i - sbar
+    features = xp.concat([w[..., None] * kh, f[..., None] * kh, kh], axis=-1)  # (*B, C, 3D)
+    update = xp.matrix_transpose(features) @ v  # (*B, 3D, Dv)
+    old_f, old_g, old_h = (state.kv[..., j, :, :] for j in range(3))  # (*B, D, Dv) each
+    decay, shift = st.decay[..., 0, None, None], st.shift[..., 0, None, None]
+    kv = xp.stack([decay * old_f, old_g + shift * old_h, old_h], axis=-3)
+    kv = kv + xp.reshape(update, kv.shape)
+    return State(n, m, mean, normaliser, kv, state.key_sum + xp.sum(k, axis=-2))
+
+
+def causal_chunk(
+    xp: Any, state: State, qh: Any, kh: Any, v: Any, s: Any, gates: tuple[Any, Any, Any]
+) -> Any:
+    """Causal outputs of one chunk given the state of everything before it (spec 4.2).
+
+    Shapes: qh, kh (*B, C, D); v (*B, C, Dv); s and each gate (*B, C). Returns (*B, C, Dv).
+    """
+    c = s.shape[-1]
+    t = xp.arange(state.length + 1, state.length + c + 1, dtype=s.dtype, device=device(s))
+    rows = xp.arange(c, device=device(s))
+    visible = rows[None, :] <= rows[:, None]  # (C, C): key i is visible from query t if i <= t
+    st = prefix_stats(xp, state, s, visible, t)
+    a, b, c0 = coefficients(gates, t, st.normaliser)
+    # Step 4.2d: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
+    r = a[..., None] * st.exp_logits + b[..., None] * (st.centred - st.mean[..., None])
+    r = r + c0[..., None]  # (*B, C, C)
+    cos = qh @ xp.matrix_transpose(kh)  # (*B, C, C)
+    w = xp.where(visible, r * cos, 0.0)
+    # Step 4.2e: earlier chunks through the state, coefficients moved to this row's frame.
+    inter = read(xp, state.kv, qh, a * st.decay, b, b * st.shift + c0)
+    return inter + _apply(xp, w, v, visible)
+
+
+def _apply(xp: Any, w: Any, v: Any, visible: Any) -> Any:
+    """``w @ v``, except that a non-finite value of v_i must reach rows t >= i only (ZS-ERR-NONFINITE).
+
+    A matrix product would spread it to earlier rows through 0 * inf = NaN, so chunks holding
+    one use the explicit masked sum instead.
+    """
+    if bool(xp.all(xp.isfinite(v))):
+        return w @ v  # (*B, C, C) @ (*B, C, Dv)
+    terms = w[..., None] * v[..., None, :, :]  # (*B, C, C, Dv)
+    return xp.sum(xp.where(visible[..., None], terms, 0.0), axis=-2)
+
+
+def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) -> tuple:
+    """Attention over the whole input, chunk by chunk. Returns ``(output, state)``.
+
+    Causal: each chunk reads the state of the chunks before it, then is absorbed into it.
+    Non-causal: all chunks are absorbed first, then every query reads the final state with
+    t = N (spec 4.4).
+    """
+    n, d = inp.n, inp.q.shape[-1]
+    spans = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    if not causal and inp.logits is None:
+        key_mean = xp.sum(inp.k, axis=-2) / (1.0 + n)  # (*B, D), ZS-LOG-DEFAULT non-causal
+
+    def logits(a: int, b: int, st: State) -> Any:  # (*B, C)
+        if inp.logits is not None:
+            return inp.logits[..., a:b]
+        k = inp.k[..., a:b, :]
+        if causal:
+            return running_mean_logits(xp, k, st.key_sum, 1.0 + st.length)
+        return -xp.sum(k * key_mean[..., None, :], axis=-1) / math.sqrt(d)
+
+    def gates(a: int, b: int) -> tuple[Any, Any, Any]:
+        return inp.first[..., a:b], inp.higher[..., a:b], inp.zero[..., a:b]
+
+    outputs = []
+    for a, b in spans:
+        k, v, s = inp.k[..., a:b, :], inp.v[..., a:b, :], logits(a, b, state)
+        kh = unit(xp, k)
+        if causal:
+            qh = unit(xp, inp.q[..., a:b, :])
+            outputs.append(causal_chunk(xp, state, qh, kh, v, s, gates(a, b)))
+        state = absorb(xp, state, k, kh, v, s)
+    if not causal:
+        for a, b in spans:
+            coef = coefficients(gates(a, b), float(n), state.normaliser[..., None])
+            outputs.append(read(xp, state.kv, unit(xp, inp.q[..., a:b, :]), *coef))
+    if not outputs:
+        dv = inp.v.shape[-1]
+        return xp.zeros((*inp.batch, 0, dv), dtype=inp.v.dtype, device=device(inp.v)), state
+    return xp.concat(outputs, axis=-2), state

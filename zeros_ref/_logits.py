@@ -1,0 +1,85 @@
+"""Radial logits: one scalar per key, computed from a projection `u` (spec section 6, ZS-LOG-*).
+
+The paper computes the logit from an extra projection ``u = x W_u`` of the layer input.
+`attention` uses the deviation logit with ``u := k`` when no logits are given (ZS-LOG-DEFAULT).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import device
+
+from ._validate import namespace_of
+
+__all__ = ["deviation_logits", "mean_logits", "quadratic_logits"]
+
+
+def _check_u(u: Any) -> Any:
+    xp = namespace_of(u, "u")
+    if not xp.isdtype(u.dtype, "real floating"):
+        raise TypeError(f"`u` must have a real floating dtype; got {u.dtype}")
+    if u.ndim < 2:
+        raise ValueError(f"`u` must have shape (..., N, D); got {tuple(u.shape)}")
+    return xp
+
+
+def running_mean_logits(xp: Any, u: Any, prior_sum: Any, prior_weight: Any) -> Any:
+    """Deviation logits of `u` against a running mean that starts from a prior.
+
+    ``ubar_i = (prior_sum + sum_{j<=i} u_j) / (prior_weight + i)`` (i counts from 1 within `u`),
+    ``s_i = -<u_i, ubar_i> / sqrt(D)``. Used by `deviation_logits` (prior ``tau*mu``, ``tau``)
+    and by streaming `attention`, whose state carries the sum and count of earlier keys.
+
+    Shapes: u (..., C, D); prior_sum (..., D) or scalar; prior_weight scalar. Returns (..., C).
+    """
+    c, d = u.shape[-2], u.shape[-1]
+    count = prior_weight + xp.arange(1, c + 1, dtype=u.dtype, device=device(u))  # (C,)
+    ubar = (xp.expand_dims(prior_sum, axis=-2) + xp.cumulative_sum(u, axis=-2)) / count[:, None]
+    return -xp.sum(u * ubar, axis=-1) / math.sqrt(d)  # (..., C)
+
+
+def deviation_logits(u: Any, *, mu: Any = 0.0, tau: float = 1.0, causal: bool = True) -> Any:
+    """Deviation logits ``s_i = -<u_i, ubar_i> / sqrt(D)`` (ZS-LOG-DEVIATION).
+
+    Parameters
+    ----------
+    u : (..., N, D) real floating array, the radial projection of each token.
+    mu : float or (..., D) array, prior mean of `u`.
+    tau : float > 0, strength of the prior (in tokens).
+    causal : if True, ``ubar_i = (tau*mu + sum_{j<=i} u_j) / (tau + i)``; otherwise every
+        position uses ``ubar = (tau*mu + sum_j u_j) / (tau + N)``.
+
+    Returns
+    -------
+    (..., N) array of `u`'s dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> deviation_logits(np.ones((3, 2))).round(3).tolist()
+    [-0.707, -0.943, -1.061]
+    """
+    xp = _check_u(u)
+    if not tau > 0:
+        raise ValueError(f"`tau` must be > 0; got {tau}")
+    ones = xp.ones(u.shape[-1:], dtype=u.dtype, device=device(u))  # (D,)
+    prior = tau * xp.asarray(mu, dtype=u.dtype, device=device(u)) * ones  # (..., D)
+    if causal:
+        return running_mean_logits(xp, u, prior, tau)
+    n, d = u.shape[-2], u.shape[-1]
+    ubar = (prior + xp.sum(u, axis=-2)) / (tau + n)  # (..., D)
+    return -xp.sum(u * xp.expand_dims(ubar, axis=-2), axis=-1) / math.sqrt(d)
+
+
+def quadratic_logits(u: Any) -> Any:
+    """Quadratic logits ``s_i = |u_i|^2 / D`` (ZS-LOG-VARIANTS). u: (..., N, D) -> (..., N)."""
+    xp = _check_u(u)
+    return xp.sum(u * u, axis=-1) / u.shape[-1]
+
+
+def mean_logits(u: Any) -> Any:
+    """Mean logits ``s_i = sum_j u_ij / D`` (ZS-LOG-VARIANTS). u: (..., N, D) -> (..., N)."""
+    xp = _check_u(u)
+    return xp.sum(u, axis=-1) / u.shape[-1]

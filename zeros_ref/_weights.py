@@ -1,0 +1,95 @@
+"""The literal definition: the weight matrix r and the explicit O(N^2) form (spec section 3).
+
+This module is the definition written out, used to check the O(N) form. It materialises
+(..., N, N) arrays and is meant for small N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device
+
+from ._directions import unit
+from ._logits import deviation_logits
+from ._validate import check_inputs, check_logits
+
+__all__ = ["explicit_attention", "weights"]
+
+
+def _weights(xp: Any, s: Any, first: Any, higher: Any, zero: Any, causal: bool) -> Any:
+    n = s.shape[-1]
+    t_index = xp.arange(n, device=device(s))
+    if causal:
+        visible = t_index[None, :] <= t_index[:, None]  # (N, N): i <= t
+        t = xp.astype(t_index + 1, s.dtype)  # (N,) prefix lengths
+    else:
+        visible = xp.ones((n, n), dtype=xp.bool, device=device(s))
+        t = xp.full((n,), float(n), dtype=s.dtype, device=device(s))
+    # Step 3.1: softmax of the logits over each row's prefix.
+    rows = xp.where(visible, s[..., None, :], -xp.inf)  # (..., N, N)
+    e = xp.where(visible, xp.exp(rows - xp.max(rows, axis=-1, keepdims=True)), 0.0)
+    p = e / xp.sum(e, axis=-1, keepdims=True)
+    # Step 3.2: zero-order, first-order and higher-order terms.
+    z = xp.where(visible, 1.0 / t[:, None], 0.0)
+    mean = xp.sum(xp.where(visible, s[..., None, :], 0.0), axis=-1, keepdims=True) / t[:, None]
+    f = xp.where(visible, (s[..., None, :] - mean) / t[:, None], 0.0)
+    h = p - z - f
+    # Step 3.3: gated combination.
+    return first[..., None] * f + higher[..., None] * h + zero[..., None] * z
+
+
+def weights(
+    logits: Any,
+    *,
+    first: Any = 1.0,
+    higher: Any = 1.0,
+    zero: Any = 0.0,
+    causal: bool = True,
+) -> Any:
+    """The ZeroS weight matrix ``r`` (ZS-DEF-WEIGHTS), without the cosine factor.
+
+    Parameters
+    ----------
+    logits : (..., N) real floating array of radial logits s.
+    first, higher, zero : float or array broadcastable to (..., N), the gates of each row t.
+    causal : prefix weights (zero above the diagonal) if True, whole-sequence otherwise.
+
+    Returns
+    -------
+    (..., N, N) array: ``r[t, i] = g1_t f[t,i] + gh_t h[t,i] + g0_t z[t,i]``. With
+    ``zero = 0`` every row sums to zero (ZS-DEF-ZEROSUM).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = weights(np.array([0.0, 1.0, 3.0]))
+    >>> bool(np.allclose(r.sum(axis=-1), 0.0))
+    True
+    """
+    xp, s, gates = check_logits(logits, first, higher, zero)
+    return xp.astype(_weights(xp, s, *gates, causal), logits.dtype, copy=False)
+
+
+def explicit_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    logits: Any = None,
+    first: Any = 1.0,
+    higher: Any = 1.0,
+    zero: Any = 0.0,
+    causal: bool = True,
+) -> Any:
+    """ZeroS attention by its definition, in O(N^2) time and memory (ZS-DEF-OUTPUT).
+
+    ``out_t = sum_i r[t, i] cos(q_t, k_i) v_i``. Same arguments and result as `attention`
+    (without streaming); for checking the O(N) form on small inputs.
+    """
+    inp = check_inputs(q, k, v, logits, first, higher, zero)
+    xp = inp.xp
+    s = inp.logits if inp.logits is not None else deviation_logits(inp.k, causal=causal)
+    r = _weights(xp, s, inp.first, inp.higher, inp.zero, causal)  # (..., N, N)
+    cos = unit(xp, inp.q) @ xp.matrix_transpose(unit(xp, inp.k))  # (..., N, N)
+    return xp.astype((r * cos) @ inp.v, inp.dtype, copy=False)
