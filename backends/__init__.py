@@ -1,0 +1,1 @@
+"""zeros_backends: implementations of the ZeroS backend protocol (spec section 10)."""

@@ -1,0 +1,1 @@
+"""zeros_conformance: the conformance suite for ZeroS backends."""

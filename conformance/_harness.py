@@ -1,0 +1,247 @@
+"""What every check needs: the context of a run, cases, and measurements.
+
+A check is a function ``check(ctx) -> Iterable[Measurement]`` registered for one requirement
+ID with `check`. It raises `NotApplicable` when the backend's claims leave nothing to check.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import zeros_ref
+
+from ._compare import TOLERANCE, compare, output_scale
+from .protocol import claimed_features, usable_dtypes
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "Context",
+    "Measurement",
+    "NotApplicable",
+    "agreement",
+    "check",
+    "raises",
+    "random_inputs",
+    "reference",
+    "run_backend",
+]
+
+GATE_NAMES = ("first", "higher", "zero")
+
+
+class NotApplicable(Exception):
+    """Nothing to check for this backend (a dtype or feature it does not claim)."""
+
+
+@dataclass
+class Measurement:
+    """One measured quantity against its limit, with what is needed to reproduce it."""
+
+    value: float
+    limit: float
+    case: dict[str, Any]
+    quantity: str = "error"
+    message: str = ""
+    passed: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.passed is None:
+            self.passed = bool(self.value <= self.limit)
+
+
+@dataclass
+class Context:
+    """One conformance run: the backend, what it claims, the profile and the seed."""
+
+    backend: Any
+    target: str
+    profile: str = "full"
+    seed: int = 0
+    dtypes: tuple[str, ...] = ()
+    features: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self.dtypes = self.dtypes or usable_dtypes(self.backend)
+        self.features = self.features or claimed_features(self.backend)
+
+    @property
+    def quick(self) -> bool:
+        return self.profile == "quick"
+
+    def rng(self, salt: str) -> np.random.Generator:
+        """A generator fixed by the run's seed and the caller's `salt` (reproducible)."""
+        return np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
+
+    def claims(self, feature: str) -> bool:
+        return feature in self.features
+
+    def modes(self) -> tuple[bool, ...]:
+        """Causal modes to test: both when "bidirectional" is claimed."""
+        return (True, False) if self.claims("bidirectional") else (True,)
+
+    def precise_dtype(self) -> str:
+        """The most precise claimed dtype."""
+        return self.dtypes[-1]
+
+
+@dataclass(frozen=True)
+class Check:
+    requirement: str
+    function: Callable[[Context], Iterable[Measurement]]
+
+
+CHECKS: list[Check] = []
+
+
+def check(requirement: str) -> Callable:
+    """Register a check function for a requirement ID."""
+
+    def register(function: Callable[[Context], Iterable[Measurement]]) -> Callable:
+        CHECKS.append(Check(requirement, function))
+        return function
+
+    return register
+
+
+def random_inputs(
+    rng: np.random.Generator,
+    batch: tuple[int, ...],
+    n: int,
+    d: int,
+    dv: int,
+    *,
+    logits: str = "explicit",
+    gates: str = "random",
+    logit_scale: float = 3.0,
+) -> dict[str, Any]:
+    """Float64 inputs of one case.
+
+    logits: "explicit" (normal * logit_scale) or "default" (None). gates: "random"
+    (per-step uniform in [-1, 2], all three unequal), "scalar" (three unequal floats) or
+    "default" (1, 1, 0).
+    """
+    inputs: dict[str, Any] = {
+        "q": rng.normal(size=(*batch, n, d)),
+        "k": rng.normal(size=(*batch, n, d)),
+        "v": rng.normal(size=(*batch, n, dv)),
+        "logits": rng.normal(size=(*batch, n)) * logit_scale if logits == "explicit" else None,
+    }
+    if gates == "random":
+        inputs.update({g: rng.uniform(-1.0, 2.0, size=(*batch, n)) for g in GATE_NAMES})
+    elif gates == "scalar":
+        inputs.update(zip(GATE_NAMES, (float(x) for x in rng.uniform(-1.0, 2.0, size=3))))
+    else:
+        inputs.update(first=1.0, higher=1.0, zero=0.0)
+    return inputs
+
+
+def describe(inputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The reproduction record of a case: shapes and kinds of its inputs."""
+    record: dict[str, Any] = {
+        "q": list(inputs["q"].shape),
+        "v": list(inputs["v"].shape),
+        "logits": "default" if inputs["logits"] is None else "explicit",
+    }
+    for g in GATE_NAMES:
+        value = inputs[g]
+        record[g] = round(value, 6) if isinstance(value, float) else list(np.shape(value))
+    record.update(extra)
+    return record
+
+
+def rounded(ctx: Context, inputs: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The inputs as the backend sees them in `dtype`, back in float64 numpy."""
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            b = ctx.backend
+            value = np.asarray(b.to_numpy(b.from_numpy(value, dtype)), dtype=np.float64)
+        out[name] = value
+    return out
+
+
+def run_backend(ctx: Context, inputs: dict[str, Any], dtype: str, **options: Any) -> Any:
+    """Call the backend's attention on `inputs` converted to `dtype`; returns its result."""
+    b = ctx.backend
+    args = {
+        name: b.from_numpy(value, dtype) if isinstance(value, np.ndarray) else value
+        for name, value in inputs.items()
+    }
+    q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
+    return b.attention(q, k, v, **args, **options)
+
+
+def as_numpy(ctx: Context, x: Any) -> np.ndarray:
+    return np.asarray(ctx.backend.to_numpy(x), dtype=np.float64)
+
+
+def reference(inputs: dict[str, Any], *, causal: bool) -> np.ndarray:
+    """The float64 reference output for float64 numpy inputs."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    options = {name: inputs[name] for name in ("logits", *GATE_NAMES)}
+    return zeros_ref.attention(q, k, v, causal=causal, **options)
+
+
+def reference_logits(inputs: dict[str, Any], *, causal: bool) -> np.ndarray:
+    """The logits the definition uses: the given ones or the default (ZS-LOG-DEFAULT)."""
+    if inputs["logits"] is not None:
+        return inputs["logits"]
+    return zeros_ref.deviation_logits(inputs["k"], causal=causal)
+
+
+def scale_of(inputs: dict[str, Any], *, causal: bool) -> np.ndarray:
+    """Output scale of every row (spec 7.1), float64 (*B, N)."""
+    s = reference_logits(inputs, causal=causal)
+    gates = [np.asarray(inputs[g], dtype=np.float64) for g in GATE_NAMES]
+    return output_scale(inputs["v"], s, *gates, causal=causal)
+
+
+def agreement(
+    ctx: Context,
+    inputs: dict[str, Any],
+    dtype: str,
+    *,
+    causal: bool,
+    expected: Callable[[dict[str, Any]], np.ndarray] | None = None,
+    **record: Any,
+) -> Measurement:
+    """Run one case in `dtype` and compare with the float64 reference on the rounded inputs.
+
+    `expected`, given the rounded inputs, replaces the reference output (for the explicit
+    definition or golden files).
+    """
+    seen = rounded(ctx, inputs, dtype)
+    case = describe(inputs, dtype=dtype, causal=causal, **record)
+    try:
+        out = as_numpy(ctx, run_backend(ctx, inputs, dtype, causal=causal))
+    except Exception as exc:
+        return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
+    ref = reference(seen, causal=causal) if expected is None else expected(seen)
+    result = compare(out, ref, scale_of(seen, causal=causal), TOLERANCE[dtype])
+    return Measurement(
+        result.error, result.tolerance, case, message=result.describe(), passed=result.passed
+    )
+
+
+def raises(
+    ctx: Context, call: Any, kind: tuple[type, ...], name: str, case: dict[str, Any]
+) -> Measurement:
+    """Measurement of a call that must raise `kind` with a message naming `name`."""
+    try:
+        call()
+    except kind as exc:
+        named = re.search(rf"\b{re.escape(name)}\b", str(exc)) is not None
+        message = f"{type(exc).__name__}: {exc}"
+        return Measurement(0.0 if named else 1.0, 0.0, case, quantity="unnamed argument",
+                           message=message if named else f"message does not name {name}: {message}")
+    except Exception as exc:
+        return Measurement(1.0, 0.0, case, quantity="wrong exception",
+                           message=f"expected {'/'.join(k.__name__ for k in kind)}, got {exc!r}")
+    return Measurement(1.0, 0.0, case, quantity="no exception", message="no exception raised")

@@ -1,0 +1,15 @@
+"""Conformance checks, one module per spec section; importing this registers them all."""
+
+from . import accuracy, api, complexity, definition, dtypes, errors, gradients, stability, streaming
+
+__all__ = [
+    "accuracy",
+    "api",
+    "complexity",
+    "definition",
+    "dtypes",
+    "errors",
+    "gradients",
+    "stability",
+    "streaming",
+]

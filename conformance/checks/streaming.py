@@ -1,0 +1,112 @@
+"""Checks of spec section 5: streaming with a carried state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .._compare import TOLERANCE, compare
+from .._harness import (
+    Context,
+    Measurement,
+    as_numpy,
+    check,
+    describe,
+    raises,
+    random_inputs,
+    reference,
+    rounded,
+    scale_of,
+)
+
+
+def _piece(inputs: dict[str, Any], a: int, b: int) -> dict[str, Any]:
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            value = value[..., a:b, :] if name in ("q", "k", "v") else value[..., a:b]
+        out[name] = value
+    return out
+
+
+def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) -> np.ndarray:
+    """Outputs of successive calls on the pieces between `cuts`, passing the state on."""
+    b = ctx.backend
+    state, outputs = None, []
+    bounds = [0, *cuts, inputs["q"].shape[-2]]
+    for a, z in zip(bounds[:-1], bounds[1:]):
+        piece = {
+            name: b.from_numpy(value, dtype) if isinstance(value, np.ndarray) else value
+            for name, value in _piece(inputs, a, z).items()
+        }
+        q, k, v = piece.pop("q"), piece.pop("k"), piece.pop("v")
+        out, state = b.attention(q, k, v, **piece, causal=True, state=state, return_state=True)
+        outputs.append(as_numpy(ctx, out))
+    return np.concatenate(outputs, axis=-2)
+
+
+def _streaming_agreement(
+    ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int], **record: Any
+) -> Measurement:
+    case = describe(inputs, dtype=dtype, cuts=cuts, **record)
+    try:
+        out = streamed(ctx, inputs, dtype, cuts)
+    except Exception as exc:
+        return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
+    seen = rounded(ctx, inputs, dtype)
+    result = compare(out, reference(seen, causal=True), scale_of(seen, causal=True),
+                     TOLERANCE[dtype])
+    return Measurement(result.error, result.tolerance, case, message=result.describe(),
+                       passed=result.passed)
+
+
+def _logit_kinds(ctx: Context) -> tuple[str, ...]:
+    return ("explicit", "default") if ctx.claims("default_logits") else ("explicit",)
+
+
+@check("ZS-STREAM-PIECES")
+def pieces_equal_one_call(ctx: Context) -> Iterator[Measurement]:
+    """Random cuts (including empty pieces) with explicit and default logits."""
+    rng = ctx.rng("pieces")
+    for dtype in ctx.dtypes:
+        for logits in _logit_kinds(ctx):
+            n = 150
+            inputs = random_inputs(rng, (2,), n, 5, 4, logits=logits)
+            cuts = sorted(int(c) for c in rng.integers(0, n + 1, size=6))
+            yield _streaming_agreement(ctx, inputs, dtype, cuts)
+
+
+@check("ZS-STREAM-DECODE")
+def decode_steps_equal_prefill(ctx: Context) -> Iterator[Measurement]:
+    """A prefill of 70 tokens, then 25 one-token steps."""
+    rng = ctx.rng("decode")
+    for dtype in ctx.dtypes:
+        for logits in _logit_kinds(ctx):
+            inputs = random_inputs(rng, (2,), 95, 5, 4, logits=logits)
+            yield _streaming_agreement(ctx, inputs, dtype, list(range(70, 95)), decode=True)
+
+
+@check("ZS-ERR-STATE")
+def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
+    """A state from other leading axes, D or Dv, or any state in bidirectional mode."""
+    rng = ctx.rng("state-errors")
+    b, dtype = ctx.backend, ctx.precise_dtype()
+
+    def arrays(batch: tuple[int, ...], d: int, dv: int) -> tuple:
+        x = random_inputs(rng, batch, 6, d, dv)
+        return tuple(b.from_numpy(x[n], dtype) for n in ("q", "k", "v", "logits"))
+
+    q, k, v, s = arrays((2,), 4, 3)
+    _, state = b.attention(q, k, v, logits=s, return_state=True)
+    errors = (ValueError, TypeError)
+    for label, shape in (("leading axes", ((3,), 4, 3)), ("D", ((2,), 5, 3)),
+                         ("Dv", ((2,), 4, 2))):
+        q2, k2, v2, s2 = arrays(*shape)
+        yield raises(ctx, lambda: b.attention(q2, k2, v2, logits=s2, state=state), errors,
+                     "state", {"state from": "(2,), D=4, Dv=3", "other": label})
+    yield raises(ctx, lambda: b.attention(q, k, v, logits=s, causal=False, state=state),
+                 (ValueError,), "state", {"causal": False, "state": "given"})
+    yield raises(ctx, lambda: b.attention(q, k, v, logits=s, causal=False, return_state=True),
+                 (ValueError,), "return_state", {"causal": False, "return_state": True})

@@ -1,0 +1,116 @@
+"""``zeros-conformance``: run the suite on a backend, list backends and requirements.
+
+Exit status of ``run``: 0 when every MUST requirement of the claimed features passes, 1 when
+any fails, 2 when the backend cannot be loaded or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import golden, registry
+from ._harness import Context
+from .protocol import DTYPES, usable_dtypes
+from .report import markdown, summary_table, to_json
+from .requirements import load_requirements
+from .runner import Outcome, exit_code, run
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zeros-conformance", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="check a backend against every requirement")
+    go.add_argument("--backend", required=True,
+                    help="registered name, module:attr or path/to/file.py:attr")
+    go.add_argument("--quick", action="store_true", help="the quick profile (smaller sizes)")
+    go.add_argument("--report", type=Path, help="write the JSON report here")
+    go.add_argument("--markdown", type=Path, help="write a Markdown report here")
+    go.add_argument("--dtype", action="append", choices=DTYPES,
+                    help="test only these claimed dtypes (repeatable)")
+    go.add_argument("--seed", type=int, default=0, help="seed of every drawn case (default 0)")
+    go.add_argument("--only", action="append", metavar="ID",
+                    help="check only these requirement IDs (repeatable)")
+    sub.add_parser("list", help="list the registered backends")
+    sub.add_parser("requirements", help="list the requirement IDs of the spec")
+    gold = sub.add_parser("golden", help="verify or regenerate the golden files")
+    gold.add_argument("action", choices=["verify", "regenerate"])
+    gold.add_argument("--dir", help="golden directory (default: the package's)")
+    return parser
+
+
+def _progress(number: int, total: int, item: object) -> None:
+    if isinstance(item, Outcome):
+        print(f" {item.status} ({item.seconds:.1f} s)", file=sys.stderr, flush=True)
+    else:
+        print(f"[{number:2d}/{total}] {item.id:22s}", end="", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        backend = registry.load(args.backend)
+    except registry.BackendLoadError as exc:
+        print(f"zeros-conformance: cannot load backend: {exc}", file=sys.stderr)
+        return 2
+    claimed = usable_dtypes(backend)
+    if not claimed:
+        print(f"zeros-conformance: backend {args.backend!r} claims no known dtype "
+              f"(dtypes = {getattr(backend, 'dtypes', None)!r})", file=sys.stderr)
+        return 2
+    chosen = tuple(d for d in claimed if not args.dtype or d in args.dtype)
+    unclaimed = sorted(set(args.dtype or ()) - set(claimed))
+    if unclaimed:
+        parser.error(f"--dtype {', '.join(unclaimed)} is not claimed by the backend "
+                     f"(it claims {', '.join(claimed)})")
+    known = {r.id for r in load_requirements()}
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        parser.error(f"--only: unknown requirement IDs {unknown}")
+    ctx = Context(backend, target=args.backend, profile="quick" if args.quick else "full",
+                  seed=args.seed, dtypes=chosen)
+    print(f"zeros-conformance: backend {args.backend} ({getattr(backend, 'name', '?')}), "
+          f"dtypes {', '.join(chosen)}, features {', '.join(sorted(ctx.features))}, "
+          f"profile {ctx.profile}, seed {ctx.seed}", file=sys.stderr)
+    start = time.perf_counter()
+    outcomes = run(ctx, only=args.only or (), progress=_progress)
+    seconds = time.perf_counter() - start
+    print(summary_table(outcomes))
+    for o in outcomes:
+        if o.status in ("failed", "error"):
+            print("\n" + o.explain())
+    code = exit_code(outcomes)
+    print(f"\n{sum(o.status == 'passed' for o in outcomes)} passed, "
+          f"{sum(o.status in ('failed', 'error') for o in outcomes)} failed, "
+          f"{sum(o.status.startswith('not') for o in outcomes)} not claimed or not applicable "
+          f"in {seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
+    if args.report:
+        args.report.write_text(json.dumps(to_json(ctx, outcomes, seconds), indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(ctx, outcomes, seconds))
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args, parser)
+    if args.command == "list":
+        for name, target in sorted(registry.available().items()):
+            print(f"{name:16s} {target}")
+        return 0
+    if args.command == "requirements":
+        for r in load_requirements():
+            print(f"{r.id:22s} {r.level:6s} {r.feature:14s} {r.title}")
+        return 0
+    return golden.main([args.action] + (["--dir", args.dir] if args.dir else []))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

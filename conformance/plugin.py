@@ -1,0 +1,32 @@
+"""pytest plugin: ``pytest --zeros-backend=NAME`` runs the conformance suite inside pytest.
+
+Each requirement becomes one test, ``test_requirement[ZS-...]``. Unclaimed features and
+not-applicable requirements are skipped with the reason; a failed SHOULD requirement is
+reported as xfail, a failed MUST requirement fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+__all__ = ["pytest_addoption", "pytest_configure"]
+
+SUITE = Path(__file__).with_name("suite.py")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("zeros", "ZeroS conformance")
+    group.addoption("--zeros-backend", metavar="BACKEND",
+                    help="run the ZeroS conformance suite on this backend (name, module:attr "
+                         "or file.py:attr)")
+    group.addoption("--zeros-profile", choices=("quick", "full"), default="quick",
+                    help="conformance profile (default quick)")
+    group.addoption("--zeros-seed", type=int, default=0, help="seed of the drawn cases")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "req(*ids): requirement IDs of the ZeroS spec")
+    if config.getoption("--zeros-backend", default=None):
+        config.args.append(str(SUITE))
