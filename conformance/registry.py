@@ -42,10 +42,15 @@ def _from_file(path: Path, attr: str) -> Any:
         raise BackendLoadError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # Like a script, the file may import modules that sit beside it.
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise BackendLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(folder)
     return _attribute(module, attr, str(path))
 
 

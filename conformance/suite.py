@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from zeros_conformance import registry
 from zeros_conformance._harness import Context
 from zeros_conformance.requirements import load_requirements

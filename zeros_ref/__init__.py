@@ -5,22 +5,25 @@ functions run on NumPy, array-api-strict, PyTorch, CuPy and JAX arrays. The norm
 ``spec/zeros-spec.md``; section numbers in docstrings refer to it.
 """
 
+from ._attention import DEFAULT_CHUNK_SIZE, attention
+from ._logits import deviation_logits, mean_logits, quadratic_logits
+from ._rope import rope
+from ._state import State
+from ._weights import explicit_attention, weights
+
 __version__ = "0.1.0"
 SPEC_VERSION = "0.1"
 
-from ._attention import DEFAULT_CHUNK_SIZE, attention
-from ._state import State
-
-__all__ = ["DEFAULT_CHUNK_SIZE", "SPEC_VERSION", "State", "__version__", "attention"]
-
-from ._weights import explicit_attention, weights
-
-__all__ += ["explicit_attention", "weights"]
-
-from ._logits import deviation_logits, mean_logits, quadratic_logits
-
-__all__ += ["deviation_logits", "mean_logits", "quadratic_logits"]
-
-from ._rope import rope
-
-__all__ += ["rope"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "SPEC_VERSION",
+    "State",
+    "__version__",
+    "attention",
+    "deviation_logits",
+    "explicit_attention",
+    "mean_logits",
+    "quadratic_logits",
+    "rope",
+    "weights",
+]

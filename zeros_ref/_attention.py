@@ -56,7 +56,7 @@ def attention(
     Parameters
     ----------
     q, k : (..., N, D) arrays of one real floating dtype, namespace and device.
-        Only their directions enter the weights (ZS-DEF-COS).
+        Only their directions enter the weights (ZS-DEF-COSINE).
     v : (..., N, Dv) array.
     logits : (..., N) array or None
         Radial logit s_i of each key. None means the deviation logit of the raw keys

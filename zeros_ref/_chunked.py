@@ -8,8 +8,8 @@ step only, so attention is linear attention with three stacked key features
 and a (3D, Dv) state. The sequence is cut into chunks of C tokens. Within a chunk the weights
 are formed explicitly (C x C); earlier chunks are read from the carried state. Every
 exponent is relative to the causal running max, so nothing overflows and no prefix
-underflows to 0/0 (ZS-STAB-MAX); the mean logit is kept relative to the running max
-(ZS-STAB-SHIFT).
+underflows to 0/0 (ZS-STAB-RANGE); the mean logit is kept relative to the running max
+(ZS-STAB-OFFSET).
 """
 
 from __future__ import annotations
@@ -50,17 +50,18 @@ def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixS
 
     Shapes: s (*B, C) chunk logits; visible (R, C) bool; t (R,) 1-based positions.
     """
-    # Step 4.2a: the running max. An empty state adopts the chunk's first logit as its
+    # Step 1 (4.2): the running max. An empty state adopts the chunk's first logit as its
     # reference, so no infinity ever enters the arithmetic.
     m_prev = state.running_max if state.length else s[..., 0]  # (*B,)
     masked = xp.where(visible, s[..., None, :], -xp.inf)  # (*B, R, C)
     m = xp.maximum(m_prev[..., None], xp.max(masked, axis=-1))  # (*B, R)
-    # Step 4.2b: logits relative to each row's max (<= 0 where visible).
+    # Step 2: logits relative to each row's max (<= 0 where visible).
     centred = xp.where(visible, s[..., None, :] - m[..., None], 0.0)  # (*B, R, C)
     exp_logits = xp.where(visible, xp.exp(centred), 0.0)  # (*B, R, C)
     decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
     normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
-    # Step 4.2c: the mean logit relative to m_t, from the prefix count n and the chunk.
+    # Step 3: the normaliser above; the mean logit relative to m_t, from the prefix count n
+    # and the chunk.
     n = state.length
     mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
     mean = (n * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
@@ -88,7 +89,7 @@ def read(xp: Any, kv: Any, qh: Any, a: Any, b: Any, c: Any) -> Any:
 
 
 def absorb(xp: Any, state: State, k: Any, kh: Any, v: Any, s: Any) -> State:
-    """The state after appending a chunk (spec 4.3): one (3D x C) @ (C x Dv) product.
+    """The state after appending a chunk (spec 4.2, step 6): one (3D x C) @ (C x Dv) product.
 
     Shapes: k, kh (*B, C, D); v (*B, C, Dv); s (*B, C).
     """
@@ -122,18 +123,18 @@ def causal_chunk(
     visible = rows[None, :] <= rows[:, None]  # (C, C): key i is visible from query t if i <= t
     st = prefix_stats(xp, state, s, visible, t)
     a, b, c0 = coefficients(gates, t, st.normaliser)
-    # Step 4.2d: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
+    # Step 4: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
     r = a[..., None] * st.exp_logits + b[..., None] * (st.centred - st.mean[..., None])
     r = r + c0[..., None]  # (*B, C, C)
     cos = qh @ xp.matrix_transpose(kh)  # (*B, C, C)
     w = xp.where(visible, r * cos, 0.0)
-    # Step 4.2e: earlier chunks through the state, coefficients moved to this row's frame.
+    # Step 5: earlier chunks through the state, coefficients moved to this row's frame.
     inter = read(xp, state.kv, qh, a * st.decay, b, b * st.shift + c0)
     return inter + _apply(xp, w, v, visible)
 
 
 def _apply(xp: Any, w: Any, v: Any, visible: Any) -> Any:
-    """``w @ v``, except that a non-finite value of v_i must reach rows t >= i only (ZS-ERR-NONFINITE).
+    """``w @ v``, where a non-finite v_i must reach rows t >= i only (ZS-ERR-NONFINITE).
 
     A matrix product would spread it to earlier rows through 0 * inf = NaN, so chunks holding
     one use the explicit masked sum instead.
@@ -149,7 +150,7 @@ def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) ->
 
     Causal: each chunk reads the state of the chunks before it, then is absorbed into it.
     Non-causal: all chunks are absorbed first, then every query reads the final state with
-    t = N (spec 4.4).
+    t = N (spec 4.3).
     """
     n, d = inp.n, inp.q.shape[-1]
     spans = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]

@@ -1,4 +1,4 @@
-"""Angular part: unit directions of queries and keys (spec section 2, ZS-DEF-COS).
+"""Angular part: unit directions of queries and keys (spec section 2, ZS-DEF-COSINE).
 
 Only the directions of `q` and `k` enter the weights. A zero vector has direction zero, so
 its cosine with anything is 0 (never NaN).

@@ -1,4 +1,4 @@
-"""Radial logits: one scalar per key, computed from a projection `u` (spec section 6, ZS-LOG-*).
+"""Radial logits: one scalar per key, computed from a projection `u` (spec sections 3 and 12.1).
 
 The paper computes the logit from an extra projection ``u = x W_u`` of the layer input.
 `attention` uses the deviation logit with ``u := k`` when no logits are given (ZS-LOG-DEFAULT).
@@ -41,7 +41,7 @@ def running_mean_logits(xp: Any, u: Any, prior_sum: Any, prior_weight: Any) -> A
 
 
 def deviation_logits(u: Any, *, mu: Any = 0.0, tau: float = 1.0, causal: bool = True) -> Any:
-    """Deviation logits ``s_i = -<u_i, ubar_i> / sqrt(D)`` (ZS-LOG-DEVIATION).
+    """Deviation logits ``s_i = -<u_i, ubar_i> / sqrt(D)`` (spec 12.1).
 
     Parameters
     ----------
@@ -74,12 +74,12 @@ def deviation_logits(u: Any, *, mu: Any = 0.0, tau: float = 1.0, causal: bool = 
 
 
 def quadratic_logits(u: Any) -> Any:
-    """Quadratic logits ``s_i = |u_i|^2 / D`` (ZS-LOG-VARIANTS). u: (..., N, D) -> (..., N)."""
+    """Quadratic logits ``s_i = |u_i|^2 / D`` (spec 12.1). u: (..., N, D) -> (..., N)."""
     xp = _check_u(u)
     return xp.sum(u * u, axis=-1) / u.shape[-1]
 
 
 def mean_logits(u: Any) -> Any:
-    """Mean logits ``s_i = sum_j u_ij / D`` (ZS-LOG-VARIANTS). u: (..., N, D) -> (..., N)."""
+    """Mean logits ``s_i = sum_j u_ij / D`` (spec 12.1). u: (..., N, D) -> (..., N)."""
     xp = _check_u(u)
     return xp.sum(u, axis=-1) / u.shape[-1]

@@ -1,4 +1,4 @@
-"""Rotary position embedding, done right (spec section 7, ZS-ROPE).
+"""Rotary position embedding, done right (spec 12.2).
 
 RoPE rotates each pair of coordinates of q_t and k_i by an angle proportional to the
 position, so that ``<R_t q, R_i k> = <q, R_(i-t) k>`` depends on ``t - i`` only and norms are

@@ -1,4 +1,4 @@
-"""The carried state of a causal prefix (spec section 5, ZS-STREAM-STATE).
+"""The carried state of a causal prefix (spec section 5).
 
 With ``w_i = exp(s_i - m)`` and ``sbar`` the mean of the prefix logits, the state of a prefix
 of length n is everything `attention` needs to continue it:
@@ -8,7 +8,7 @@ of length n is everything `attention` needs to continue it:
     H = sum_i kh_i v_i^T                key_sum = sum_i k_i    (for the default logits)
 
 Storing the mean relative to the running max keeps it exact to the spread of the logits
-rather than to their magnitude (ZS-STAB-SHIFT).
+rather than to their magnitude (ZS-STAB-OFFSET).
 """
 
 from __future__ import annotations

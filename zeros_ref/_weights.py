@@ -82,7 +82,7 @@ def explicit_attention(
     zero: Any = 0.0,
     causal: bool = True,
 ) -> Any:
-    """ZeroS attention by its definition, in O(N^2) time and memory (ZS-DEF-OUTPUT).
+    """ZeroS attention by its definition, in O(N^2) time and memory (ZS-DEF-WEIGHTS).
 
     ``out_t = sum_i r[t, i] cos(q_t, k_i) v_i``. Same arguments and result as `attention`
     (without streaming); for checking the O(N) form on small inputs.

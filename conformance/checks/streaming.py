@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) 
     b = ctx.backend
     state, outputs = None, []
     bounds = [0, *cuts, inputs["q"].shape[-2]]
-    for a, z in zip(bounds[:-1], bounds[1:]):
+    for a, z in pairwise(bounds):
         piece = {
             name: b.from_numpy(value, dtype) if isinstance(value, np.ndarray) else value
             for name, value in _piece(inputs, a, z).items()
@@ -103,8 +104,8 @@ def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
     errors = (ValueError, TypeError)
     for label, shape in (("leading axes", ((3,), 4, 3)), ("D", ((2,), 5, 3)),
                          ("Dv", ((2,), 4, 2))):
-        q2, k2, v2, s2 = arrays(*shape)
-        yield raises(ctx, lambda: b.attention(q2, k2, v2, logits=s2, state=state), errors,
+        other = arrays(*shape)
+        yield raises(ctx, lambda o=other: b.attention(*o[:3], logits=o[3], state=state), errors,
                      "state", {"state from": "(2,), D=4, Dv=3", "other": label})
     yield raises(ctx, lambda: b.attention(q, k, v, logits=s, causal=False, state=state),
                  (ValueError,), "state", {"causal": False, "state": "given"})

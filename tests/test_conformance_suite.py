@@ -1,0 +1,135 @@
+"""The suite itself: it passes correct backends and rejects each deliberately broken one
+with the requirement ID of its mistake (tests/backends/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from zeros_conformance import cli
+from zeros_conformance.requirements import load_requirements
+
+BACKENDS = Path(__file__).parent / "backends"
+ALL_IDS = [r.id for r in load_requirements()]
+
+
+def run(tmp_path: Path, target: str, *extra: str) -> tuple[int, dict]:
+    report = tmp_path / "report.json"
+    code = cli.main(["run", "--backend", target, "--quick", "--report", str(report), *extra])
+    return code, json.loads(report.read_text())
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in report["requirements"]}
+
+
+@pytest.mark.parametrize("target", [
+    "reference",
+    f"{BACKENDS / 'recurrent.py'}:backend",
+    f"{BACKENDS / 'logsumexp_chunked.py'}:backend",
+])
+def test_correct_backends_conform(tmp_path: Path, target: str) -> None:
+    code, report = run(tmp_path, target)
+    bad = {i: s for i, s in statuses(report).items() if s in ("failed", "error")}
+    assert code == 0, bad
+    assert [r["id"] for r in report["requirements"]] == ALL_IDS
+
+
+BROKEN = [
+    ("first_order_from_probabilities", "ZS-DEF-WEIGHTS"),
+    ("first_order_from_probabilities", "ZS-ACC-REFERENCE"),
+    ("global_max", "ZS-STAB-RANGE"),
+    ("global_max", "ZS-STAB-OFFSET"),
+    ("quadratic", "ZS-ON-TIME"),
+    ("quadratic", "ZS-ON-MEMORY"),
+    ("future_mean", "ZS-DEF-CAUSAL"),
+    ("swapped_gates", "ZS-DEF-GATES"),
+    ("ignored_gates", "ZS-DEF-GATES"),
+    ("wrong_dtype", "ZS-DTYPE-OUTPUT"),
+    ("nan_on_zero_vectors", "ZS-STAB-DEGENERATE"),
+    ("nan_on_zero_vectors", "ZS-DEF-COSINE"),
+    ("forgetful_state", "ZS-STREAM-PIECES"),
+    ("forgetful_state", "ZS-STREAM-DECODE"),
+]
+
+
+@pytest.mark.parametrize(("mutant", "requirement"), BROKEN)
+def test_broken_backends_are_rejected(tmp_path: Path, mutant: str, requirement: str) -> None:
+    code, report = run(tmp_path, f"{BACKENDS / 'broken.py'}:{mutant}", "--only", requirement)
+    (entry,) = report["requirements"]
+    assert (code, entry["status"]) == (1, "failed"), entry["message"]
+    assert entry["failure"]["case"], "a failure must carry the case that reproduces it"
+
+
+def test_a_correct_twin_of_each_mutant_passes_the_same_checks(tmp_path: Path) -> None:
+    """The mutants share one explicit base; unmodified, it passes what they fail (except the
+    complexity checks it exists to fail), so the failures come from the planted mistakes."""
+    wanted = sorted({r for _, r in BROKEN if not r.startswith("ZS-ON") and "STREAM" not in r})
+    extra = [arg for r in wanted for arg in ("--only", r)]
+    code, report = run(tmp_path, f"{BACKENDS / 'broken.py'}:quadratic", *extra)
+    assert code == 0, statuses(report)
+
+
+def test_report_has_what_reproduces_a_run(tmp_path: Path) -> None:
+    markdown = tmp_path / "report.md"
+    code, report = run(tmp_path, "reference", "--seed", "7", "--markdown", str(markdown),
+                       "--only", "ZS-DEF-ZEROSUM", "--only", "ZS-GRAD")
+    assert code == 0
+    for key in ("suite_version", "spec_version", "backend", "machine", "seed", "profile"):
+        assert report[key] not in (None, ""), key
+    assert report["seed"] == 7
+    assert report["backend"]["dtypes"] == ["float16", "float32", "float64"]
+    zerosum, grad = report["requirements"]
+    assert zerosum["status"] == "passed" and zerosum["measured"]
+    assert {"value", "limit", "case"} <= set(zerosum["worst"])
+    assert grad["status"] == "not claimed"
+    assert "| ZS-DEF-ZEROSUM | MUST | passed |" in markdown.read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--backend", "no-such-backend"],
+    ["run", "--backend", "no_such_module:backend"],
+    ["run", "--backend", "missing/file.py:backend"],
+    ["run", "--backend", "reference", "--dtype", "bfloat16"],
+    ["run", "--backend", "reference", "--only", "ZS-NOPE"],
+])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    assert capsys.readouterr().err.strip()
+
+
+def test_list_and_requirements(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["list"]) == 0
+    assert "reference" in capsys.readouterr().out.split()
+    assert cli.main(["requirements"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == ALL_IDS
+
+
+def test_pytest_plugin_runs_the_suite(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--zeros-backend=reference", "-k", "ZEROSUM or GRAD", "-v", "-p",
+                                "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*test_requirement?ZS-DEF-ZEROSUM?*"])
+
+
+def test_pytest_plugin_fails_a_broken_backend(pytester: pytest.Pytester) -> None:
+    target = f"{BACKENDS / 'broken.py'}:swapped_gates"
+    result = pytester.runpytest(f"--zeros-backend={target}", "-k", "GATES", "-p",
+                                "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ZS-DEF-GATES failed*"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_full_runs_are_not_flaky(tmp_path: Path, seed: int) -> None:
+    report = tmp_path / "full.json"
+    code = cli.main(["run", "--backend", "reference", "--seed", str(seed), "--report",
+                     str(report)])
+    assert code == 0, statuses(json.loads(report.read_text()))
