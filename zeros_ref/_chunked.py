@@ -58,10 +58,9 @@ def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixS
     # Step 2: logits relative to each row's max (<= 0 where visible).
     centred = xp.where(visible, s[..., None, :] - m[..., None], 0.0)  # (*B, R, C)
     exp_logits = xp.where(visible, xp.exp(centred), 0.0)  # (*B, R, C)
+    # Step 3: the normaliser E_t, and the mean logit relative to m_t from the prefix count n.
     decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
     normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
-    # Step 3: the normaliser above; the mean logit relative to m_t, from the prefix count n
-    # and the chunk.
     n = state.length
     mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
     mean = (n * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
