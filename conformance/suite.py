@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from zeros_conformance import registry
 from zeros_conformance._harness import Context
 from zeros_conformance.requirements import load_requirements

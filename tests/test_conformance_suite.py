@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from zeros_conformance import cli
 from zeros_conformance.requirements import load_requirements
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from zeros_conformance import golden
-from zeros_conformance._compare import TOLERANCE, compare
 
 import zeros_ref
+from zeros_conformance import golden
+from zeros_conformance._compare import TOLERANCE, compare
 
 GOLDEN_DIR = golden.default_directory()
 MANIFEST: dict[str, Any] = json.loads((GOLDEN_DIR / golden.MANIFEST_NAME).read_text())

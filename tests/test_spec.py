@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from zeros_conformance import checks  # noqa: F401  (registers the checks)
 from zeros_conformance._compare import TOLERANCE
 from zeros_conformance._harness import CHECKS

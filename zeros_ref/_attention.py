@@ -8,7 +8,7 @@ from array_api_compat import device
 
 from ._chunked import run
 from ._state import State
-from ._validate import Inputs, check_inputs
+from ._validate import Inputs, check_causal, check_inputs
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "attention"]
 
@@ -99,8 +99,7 @@ def attention(
     (2, 5, 4)
     """
     inp = check_inputs(q, k, v, logits, first, higher, zero)
-    if not isinstance(causal, bool):
-        raise TypeError(f"`causal` must be a bool; got {type(causal).__name__}")
+    check_causal(causal)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be an integer >= 1; got {chunk_size!r}")
     if not causal and (state is not None or return_state):

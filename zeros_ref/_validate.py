@@ -12,7 +12,14 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["Inputs", "broadcast_shapes", "check_inputs", "check_logits", "namespace_of"]
+__all__ = [
+    "Inputs",
+    "broadcast_shapes",
+    "check_causal",
+    "check_inputs",
+    "check_logits",
+    "namespace_of",
+]
 
 
 def namespace_of(x: Any, name: str) -> Any:
@@ -23,6 +30,13 @@ def namespace_of(x: Any, name: str) -> Any:
         raise TypeError(
             f"`{name}` must be an array of a supported array library; got {type(x).__name__}"
         ) from None
+
+
+def check_causal(causal: Any) -> bool:
+    """`causal` must be a real bool: a truthy stand-in would silently pick a mode."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal` must be a bool; got {type(causal).__name__}")
+    return causal
 
 
 def _library(xp: Any) -> str:

@@ -1,4 +1,4 @@
-"""The literal definition: the weight matrix r and the explicit O(N^2) form (spec section 3).
+"""The literal definition: the weight matrix r and the explicit O(N^2) form (spec section 2).
 
 This module is the definition written out, used to check the O(N) form. It materialises
 (..., N, N) arrays and is meant for small N.
@@ -12,13 +12,15 @@ from array_api_compat import device
 
 from ._directions import unit
 from ._logits import deviation_logits
-from ._validate import check_inputs, check_logits
+from ._validate import check_causal, check_inputs, check_logits
 
 __all__ = ["explicit_attention", "weights"]
 
 
 def _weights(xp: Any, s: Any, first: Any, higher: Any, zero: Any, causal: bool) -> Any:
     n = s.shape[-1]
+    if n == 0:
+        return xp.zeros((*s.shape, 0), dtype=s.dtype, device=device(s))
     t_index = xp.arange(n, device=device(s))
     if causal:
         visible = t_index[None, :] <= t_index[:, None]  # (N, N): i <= t
@@ -68,6 +70,7 @@ def weights(
     True
     """
     xp, s, gates = check_logits(logits, first, higher, zero)
+    check_causal(causal)
     return xp.astype(_weights(xp, s, *gates, causal), logits.dtype, copy=False)
 
 
@@ -86,8 +89,18 @@ def explicit_attention(
 
     ``out_t = sum_i r[t, i] cos(q_t, k_i) v_i``. Same arguments and result as `attention`
     (without streaming); for checking the O(N) form on small inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 6, 4))
+    >>> from zeros_ref import attention
+    >>> bool(np.allclose(explicit_attention(q, k, v), attention(q, k, v)))
+    True
     """
     inp = check_inputs(q, k, v, logits, first, higher, zero)
+    check_causal(causal)
     xp = inp.xp
     s = inp.logits if inp.logits is not None else deviation_logits(inp.k, causal=causal)
     r = _weights(xp, s, inp.first, inp.higher, inp.zero, causal)  # (..., N, N)

@@ -1,0 +1,226 @@
+"""An independent arbitrary-precision evaluation of the ZeroS definition (spec section 2).
+
+Written directly from the formulas of spec sections 2 and 3 (ZS-LOG-DEFAULT) with plain Python
+loops over mpmath numbers (``mp.dps = 50``), so it shares no code and no algorithm with
+`zeros_ref`, which it must never import. NumPy is used only to walk the leading axes and to
+carry inputs in and results out; every input float is converted to mpmath exactly.
+
+For query t and visible key i in P(t), with n = |P(t)|:
+
+    p[t,i] = exp(s_i) / sum_{j in P(t)} exp(s_j)
+    z[t,i] = 1 / n
+    f[t,i] = (s_i - sbar_t) / n,    sbar_t = mean of s over P(t)
+    h[t,i] = p[t,i] - z[t,i] - f[t,i]
+    r[t,i] = g1_t f[t,i] + gh_t h[t,i] + g0_t z[t,i]
+    out_t  = sum_{i in P(t)} r[t,i] <qh_t, kh_i> v_i
+
+with xh = x / |x| and the direction of a zero vector equal to 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from mpmath import mp
+
+__all__ = ["DPS", "attention", "deviation_logits", "weights"]
+
+DPS = 50
+"""Decimal digits of the evaluation."""
+
+Vector = list[Any]  # a list of mpmath numbers
+
+
+def _mpf(x: Any) -> Any:
+    return mp.mpf(float(x))  # exact: every float64 is an mpf
+
+
+def _vectors(rows: np.ndarray) -> list[Vector]:
+    return [[_mpf(x) for x in row] for row in rows]
+
+
+def _visible(t: int, n: int, causal: bool) -> range:
+    """P(t) as 0-based indices: the prefix up to t (causal) or the whole sequence."""
+    return range(t + 1) if causal else range(n)
+
+
+def direction(x: Vector) -> Vector:
+    """x / |x|, or the zero vector when x = 0."""
+    norm = mp.sqrt(mp.fsum(c * c for c in x))
+    if norm == 0:
+        return [mp.zero for _ in x]
+    return [c / norm for c in x]
+
+
+def _dot(a: Vector, b: Vector) -> Any:
+    return mp.fsum(x * y for x, y in zip(a, b, strict=True))
+
+
+def deviation_logits_sequence(
+    u: list[Vector], *, mu: Vector, tau: Any, causal: bool
+) -> Vector:
+    """s_i = -<u_i, ubar_i> / sqrt(D), ubar_i = (tau mu + sum_{j in P(i)} u_j) / (tau + |P(i)|)."""
+    n = len(u)
+    d = len(mu)
+    s = []
+    for i in range(n):
+        seen = _visible(i, n, causal)
+        ubar = [
+            (tau * mu[c] + mp.fsum(u[j][c] for j in seen)) / (tau + len(seen)) for c in range(d)
+        ]
+        s.append(-_dot(u[i], ubar) / mp.sqrt(d))
+    return s
+
+
+def weights_sequence(
+    s: Vector, g1: Vector, gh: Vector, g0: Vector, *, causal: bool
+) -> list[Vector]:
+    """The N x N matrix r of one sequence (zero outside P(t))."""
+    n = len(s)
+    r = [[mp.zero] * n for _ in range(n)]
+    for t in range(n):
+        seen = _visible(t, n, causal)
+        count = len(seen)
+        normaliser = mp.fsum(mp.exp(s[j]) for j in seen)
+        sbar = mp.fsum(s[j] for j in seen) / count
+        for i in seen:
+            p = mp.exp(s[i]) / normaliser
+            z = mp.one / count
+            f = (s[i] - sbar) / count
+            h = p - z - f
+            r[t][i] = g1[t] * f + gh[t] * h + g0[t] * z
+    return r
+
+
+def attention_sequence(
+    q: list[Vector],
+    k: list[Vector],
+    v: list[Vector],
+    s: Vector,
+    g1: Vector,
+    gh: Vector,
+    g0: Vector,
+    *,
+    causal: bool,
+) -> list[Vector]:
+    """out_t = sum_{i in P(t)} r[t,i] cos[t,i] v_i for one sequence."""
+    n = len(q)
+    dv = len(v[0]) if n else 0
+    qh = [direction(x) for x in q]
+    kh = [direction(x) for x in k]
+    r = weights_sequence(s, g1, gh, g0, causal=causal)
+    out = []
+    for t in range(n):
+        terms = [(r[t][i] * _dot(qh[t], kh[i]), v[i]) for i in _visible(t, n, causal)]
+        out.append([mp.fsum(w * vi[j] for w, vi in terms) for j in range(dv)])
+    return out
+
+
+# -- NumPy front ends: broadcast leading axes, convert exactly, round the result once. ----------
+
+
+def _gate(g: Any, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(np.asarray(g, dtype=np.float64), shape)
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    logits: np.ndarray | None = None,
+    first: Any = 1.0,
+    higher: Any = 1.0,
+    zero: Any = 0.0,
+    causal: bool = True,
+) -> np.ndarray:
+    """The definition for float64 numpy inputs (*B, N, D), (*B, N, Dv), logits (*B, N).
+
+    ``logits=None`` means the default of ZS-LOG-DEFAULT: the deviation logits of the raw k with
+    mu = 0 and tau = 1. Returns the (*B, N, Dv) output rounded to float64.
+    """
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    n, d, dv = q.shape[-2], q.shape[-1], v.shape[-1]
+    shapes = [q.shape[:-2], k.shape[:-2], v.shape[:-2]]
+    shapes += [np.shape(g)[:-1] for g in (first, higher, zero) if np.ndim(g)]
+    if logits is not None:
+        shapes.append(np.shape(logits)[:-1])
+    batch = np.broadcast_shapes(*shapes)
+    q = np.broadcast_to(q, (*batch, n, d))
+    k = np.broadcast_to(k, (*batch, n, d))
+    v = np.broadcast_to(v, (*batch, n, dv))
+    s_all = None if logits is None else _gate(logits, (*batch, n))
+    gates = [_gate(g, (*batch, n)) for g in (first, higher, zero)]
+    out = np.empty((*batch, n, dv))
+    with mp.workdps(DPS):
+        for index in np.ndindex(*batch):
+            kk = _vectors(k[index])
+            if s_all is None:
+                s = deviation_logits_sequence(kk, mu=[mp.zero] * d, tau=mp.one, causal=causal)
+            else:
+                s = [_mpf(x) for x in s_all[index]]
+                if n and not all(mp.isfinite(x) for x in s):
+                    raise ValueError("the definition is evaluated for finite logits only")
+            g1, gh, g0 = ([_mpf(x) for x in g[index]] for g in gates)
+            rows = attention_sequence(
+                _vectors(q[index]), kk, _vectors(v[index]), s, g1, gh, g0, causal=causal
+            )
+            for t, row in enumerate(rows):
+                out[(*index, t)] = [float(x) for x in row]
+    return out
+
+
+def weights(
+    logits: np.ndarray,
+    *,
+    first: Any = 1.0,
+    higher: Any = 1.0,
+    zero: Any = 0.0,
+    causal: bool = True,
+) -> np.ndarray:
+    """The (*B, N, N) weight matrix r for float64 logits (*B, N), rounded to float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n = logits.shape[-1]
+    shapes = [logits.shape[:-1]] + [np.shape(g)[:-1] for g in (first, higher, zero) if np.ndim(g)]
+    batch = np.broadcast_shapes(*shapes)
+    s_all = np.broadcast_to(logits, (*batch, n))
+    gates = [_gate(g, (*batch, n)) for g in (first, higher, zero)]
+    out = np.empty((*batch, n, n))
+    with mp.workdps(DPS):
+        for index in np.ndindex(*batch):
+            s = [_mpf(x) for x in s_all[index]]
+            g1, gh, g0 = ([_mpf(x) for x in g[index]] for g in gates)
+            r = weights_sequence(s, g1, gh, g0, causal=causal)
+            out[index] = [[float(x) for x in row] for row in r]
+    return out
+
+
+def deviation_logits(
+    u: np.ndarray, *, mu: Any = 0.0, tau: float = 1.0, causal: bool = True
+) -> np.ndarray:
+    """Deviation logits of float64 u (*B, N, D), prior mean mu (scalar or (*B, D)), as float64."""
+    u = np.asarray(u, dtype=np.float64)
+    n, d = u.shape[-2], u.shape[-1]
+    mu = np.asarray(mu, dtype=np.float64)
+    mu_full = mu * np.ones(d) if mu.ndim == 0 else mu
+    batch = np.broadcast_shapes(u.shape[:-2], mu_full.shape[:-1])
+    u = np.broadcast_to(u, (*batch, n, d))
+    mu_full = np.broadcast_to(mu_full, (*batch, d))
+    out = np.empty((*batch, n))
+    with mp.workdps(DPS):
+        for index in np.ndindex(*batch):
+            s = deviation_logits_sequence(
+                _vectors(u[index]),
+                mu=[_mpf(x) for x in mu_full[index]],
+                tau=_mpf(tau),
+                causal=causal,
+            )
+            out[index] = [float(x) for x in s]
+    return out
+
+
+def as_sequence(x: Sequence[float]) -> Vector:
+    """A list of exact mpmath numbers from floats (for tests that build their own inputs)."""
+    return [_mpf(c) for c in x]
