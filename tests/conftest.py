@@ -1,6 +1,7 @@
 """Fixtures and helpers shared by the tests of the reference `zeros_ref`.
 
-- `xp`: the array namespace of each supported library (numpy, array-api-strict, torch CPU),
+- `xp`: the array namespace of each supported library (numpy, array-api-strict, torch CPU, and
+  JAX when it is installed; it is not part of the `test` extra),
   obtained through `array_api_compat` exactly as `zeros_ref` obtains it from its inputs.
 - `rng`: a NumPy generator with a fixed seed per test, derived from the test id and `SEED`
   (environment variable ``ZEROS_TEST_SEED`` overrides it), so a failure reproduces by
@@ -21,7 +22,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
-LIBRARIES = ("numpy", "array_api_strict", "torch")
+LIBRARIES = ("numpy", "array_api_strict", "torch", "jax")
 SEED = int(os.environ.get("ZEROS_TEST_SEED", "20250601"))
 
 
@@ -31,6 +32,10 @@ def _namespace(library: str) -> Any:
             "torch", reason="torch is not installed: the torch CPU namespace is not tested"
         )
         return array_api_compat.array_namespace(torch.zeros(1))
+    if library == "jax":
+        jax = pytest.importorskip("jax", reason="jax is not installed (optional extra `jax`)")
+        jax.config.update("jax_enable_x64", True)  # float64 arrays, as the tests expect
+        return array_api_compat.array_namespace(jax.numpy.zeros(1))
     module = pytest.importorskip(library, reason=f"{library} is not installed")
     return array_api_compat.array_namespace(module.asarray([0.0]))
 
