@@ -86,11 +86,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from zeros_ref import State
+from zeros_ref._attention import check_call
 from zeros_ref._chunked import absorb, causal_chunk
 from zeros_ref._directions import unit
 from zeros_ref._logits import deviation_logits, running_mean_logits
-
-from ._protocol_helpers import check_call, flatten_state, unflatten_state
 
 __all__ = ["FAST", "REFERENCE", "NumpyBackend", "backend", "spread_limit"]
 
@@ -602,13 +601,13 @@ class NumpyBackend:
             out = np.zeros((*batch, 0, dv), dtype=inp.dtype)
             return (out, start) if return_state else out
         if causal:
-            flat, end = self._causal(inp, flatten_state(np, start, batch),
+            flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
                                      track_keys=return_state or inp.logits is None)
         else:
             flat, end = self._bidirectional(inp), None
         out = flat.reshape(*batch, n, dv).astype(inp.dtype, copy=False)
         if return_state:
-            return out, unflatten_state(np, end, batch)
+            return out, end.with_batch(np, batch)
         return out
 
     # -- causal ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from ._chunked import run
 from ._state import State
 from ._validate import Inputs, check_causal, check_inputs
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "attention"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "attention", "check_call"]
 
 DEFAULT_CHUNK_SIZE = 64
 """Chunk length C of the reference; any C >= 1 gives the same result to rounding."""
@@ -35,6 +35,33 @@ def _check_state(state: Any, inp: Inputs) -> State:
             f"{inp.compute_dtype}"
         )
     return state
+
+
+def check_call(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    logits: Any,
+    first: Any,
+    higher: Any,
+    zero: Any,
+    causal: Any,
+    state: Any,
+    return_state: Any,
+) -> tuple[Inputs, State]:
+    """Validate the arguments of `attention` (spec section 8); backends call it too, so that
+    they raise the same errors with the same messages.
+
+    Returns the validated inputs (broadcast, in the compute dtype) and the starting state: the
+    given one, or the empty state of the inputs' batch, D, Dv and compute dtype.
+    """
+    inp = check_inputs(q, k, v, logits, first, higher, zero)
+    check_causal(causal)
+    if not causal and (state is not None or return_state):
+        raise ValueError("`state` and `return_state` need causal=True: only a causal prefix "
+                         "can be continued")
+    return inp, _check_state(state, inp)
 
 
 def attention(
@@ -98,14 +125,10 @@ def attention(
     >>> attention(q, k, v).shape
     (2, 5, 4)
     """
-    inp = check_inputs(q, k, v, logits, first, higher, zero)
-    check_causal(causal)
+    inp, start = check_call(q, k, v, logits=logits, first=first, higher=higher, zero=zero,
+                            causal=causal, state=state, return_state=return_state)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be an integer >= 1; got {chunk_size!r}")
-    if not causal and (state is not None or return_state):
-        raise ValueError("`state` and `return_state` need causal=True: only a causal prefix "
-                         "can be continued")
-    start = _check_state(state, inp)
     out, end = run(inp.xp, inp, start, causal=causal, chunk_size=chunk_size)
     out = inp.xp.astype(out, inp.dtype, copy=False)
     return (out, end) if return_state else out

@@ -56,3 +56,16 @@ class State:
             return xp.zeros((*batch, *shape), dtype=dtype, device=device)
 
         return cls(0, zeros(), zeros(), zeros(), zeros(3, d, dv), zeros(d))
+
+    def with_batch(self, xp: Any, batch: tuple[int, ...]) -> State:
+        """The same state with its leading axes *B reshaped to `batch` (same element count).
+
+        Backends that work on one flattened batch axis use it both ways: ``(prod(B),)`` and
+        back to B.
+        """
+
+        def shaped(x: Any, tail: int) -> Any:
+            return xp.reshape(x, (*batch, *x.shape[x.ndim - tail:]))
+
+        return State(self.length, shaped(self.running_max, 0), shaped(self.mean_offset, 0),
+                     shaped(self.normaliser, 0), shaped(self.kv, 3), shaped(self.key_sum, 1))
