@@ -14,9 +14,11 @@ GEMM rate of the machine (a large NumPy matmul). From these it derives
   ZS-ON-MEMORY; a linear method gives about 8, a quadratic one about 64);
 - the decode ratio time(long context) / time(short context) (ZS-ON-DECODE).
 
-Before timing, `correctness_gate` checks the backend against the reference in float64; a
-backend that fails gets no timings (exit status 1). Every timing is the minimum over repeats
-(the machine's noise only ever adds time); medians are kept in the JSON.
+Before timing, `correctness_gate` runs the quick conformance profile; a backend that fails a
+MUST requirement gets no timings (exit status 1). Devices are synchronised through the
+backend's optional ``synchronize()`` after each timed call; peak memory comes from its
+optional ``memory_peak(fn)``, or from tracemalloc for NumPy arrays. Every timing is the
+minimum over repeats (the machine's noise only ever adds time); medians are kept in the JSON.
 
 Usage: ``zeros-bench [--backend numpy] [--config NAME] [--quick] [--json out.json]
 [--plot out.png]``.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -127,12 +128,24 @@ def peak_memory(fn: Callable[[], Any]) -> int:
     return max(0, peak - sum(int(getattr(x, "nbytes", 0)) for x in held))
 
 
-def gemm_rate(size: int = 4096, repeats: int = 5) -> float:
-    """float32 FLOP/s of one large NumPy matmul (``2 size^3`` flops), best of `repeats`."""
+def gemm_rate(size: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
+    """float32 FLOP/s of one large matmul (``2 size^3`` flops), best of `repeats`: NumPy on
+    the CPU, torch on a CUDA device."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
-    return 2.0 * size**3 / timed(lambda: a @ b, repeats)["min"]
+    if not device.startswith("cuda"):
+        return 2.0 * size**3 / timed(lambda: a @ b, repeats)["min"]
+    import torch
+
+    ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+
+    def product() -> Any:
+        out = ta @ tb
+        torch.cuda.synchronize()
+        return out
+
+    return 2.0 * size**3 / timed(product, repeats)["min"]
 
 
 def chunked_flops(shape: Shape, chunk: int) -> float:
@@ -158,8 +171,10 @@ def blocked_softmax(q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int = 51
     return out
 
 
-def _softmax(kind: str) -> tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Any]]:
-    """(name, fn) of causal softmax attention on numpy inputs: torch SDPA or `blocked_softmax`."""
+def _softmax(kind: str, device: str = "cpu") -> tuple[str, Callable[..., Callable[[], Any]]]:
+    """(name, make) of causal softmax attention: ``make(q, k, v)`` takes numpy inputs and
+    returns a call to time, torch SDPA on `device` (FlashAttention on a GPU) or
+    `blocked_softmax`."""
     if kind in ("auto", "torch"):
         try:
             import torch
@@ -169,13 +184,27 @@ def _softmax(kind: str) -> tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarr
         else:
             sdpa = torch.nn.functional.scaled_dot_product_attention
 
-            def run(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Any:
+            def make(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Callable[[], Any]:
                 # (1, B*H, N, D): with 4-D inputs torch's CPU SDPA takes its flash kernel.
-                with torch.no_grad():
-                    return sdpa(*(torch.from_numpy(x)[None] for x in (q, k, v)), is_causal=True)
+                args = [torch.from_numpy(x)[None].to(device) for x in (q, k, v)]
 
-            return f"torch {torch.__version__} sdpa ({torch.get_num_threads()} threads)", run
-    return "numpy blocked_softmax", blocked_softmax
+                def run() -> Any:
+                    with torch.no_grad():
+                        out = sdpa(*args, is_causal=True)
+                    if out.is_cuda:
+                        torch.cuda.synchronize()
+                    return out
+
+                return run
+
+            threads = "GPU" if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+            return f"torch {torch.__version__} sdpa on {device} ({threads})", make
+    return "numpy blocked_softmax", lambda q, k, v: lambda: blocked_softmax(q, k, v)
+
+
+def _synchronize(backend: Any) -> Callable[[], None]:
+    """The backend's optional ``synchronize`` (waits for queued device work), else a no-op."""
+    return getattr(backend, "synchronize", None) or (lambda: None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,74 +212,19 @@ def _softmax(kind: str) -> tuple[str, Callable[[np.ndarray, np.ndarray, np.ndarr
 # ---------------------------------------------------------------------------------------------
 
 
-def correctness_gate(backend: Any, *, seed: int = 0) -> list[str]:
-    """Failures of `backend` against `zeros_ref.attention` on a few random float64 cases.
+def correctness_gate(backend: Any, target: str = "") -> list[str]:
+    """Failures of `backend` in the quick conformance run: one explanation per failed MUST
+    requirement of the claimed features (empty when it conforms).
 
-    Cases: causal and (if claimed) bidirectional, explicit and (if claimed) default logits,
-    per-step gates, N not a multiple of common chunk sizes, a wide logit range, and (if
-    claimed) a causal sequence streamed in pieces with the state. Errors are measured against
-    the output scale of spec 7.1 with the float64 tolerance (`zeros_conformance._compare`).
-    Returns an empty list when all agree.
+    `target` is how the backend was named (registered name, module:attr or file.py:attr); the
+    memory check needs it to load the backend in a subprocess.
     """
-    from zeros_conformance._compare import TOLERANCE, compare, output_scale
+    from zeros_conformance._harness import Context
+    from zeros_conformance.runner import ERROR, FAILED
+    from zeros_conformance.runner import run as conformance_run
 
-    features = getattr(backend, "features", None)
-    claims = (lambda f: True) if features is None else (lambda f: f in features)
-    rng = np.random.default_rng(seed)
-    failures: list[str] = []
-
-    def case(name: str, n: int, *, causal: bool, default_logits: bool = False,
-             spread: float = 2.0, pieces: int = 1) -> None:
-        q, k = rng.normal(size=(2, 2, 3, n, 8))
-        v = rng.normal(size=(2, 3, n, 5))
-        s = None if default_logits else rng.uniform(-spread, spread, size=(2, 3, n))
-        gates = {g: rng.uniform(-1, 1.5, size=(2, 3, n)) for g in ("first", "higher", "zero")}
-        ref = zeros_ref.attention(q, k, v, logits=s, causal=causal, **gates)
-        try:
-            out = _run_pieces(backend, q, k, v, s, gates, causal=causal, pieces=pieces)
-        except Exception as exc:  # a crash is a failure, reported with its message
-            failures.append(f"{name}: raised {type(exc).__name__}: {exc}")
-            return
-        used = zeros_ref.deviation_logits(k, causal=causal) if s is None else s
-        scale = output_scale(v, used, *(gates[g] for g in ("first", "higher", "zero")),
-                             causal=causal)
-        result = compare(np.asarray(out, dtype=np.float64), ref, scale, TOLERANCE["float64"])
-        if not result.passed:
-            failures.append(f"{name} (seed {seed}, N={n}): {result.describe()}")
-
-    for causal in (True, False):
-        if not causal and not claims("bidirectional"):
-            continue
-        mode = "causal" if causal else "bidirectional"
-        case(f"{mode}, explicit logits", 203, causal=causal)
-        case(f"{mode}, wide logits", 150, causal=causal, spread=5e3)
-        if claims("default_logits"):
-            case(f"{mode}, default logits", 97, causal=causal, default_logits=True)
-    if claims("state"):
-        case("causal, streamed in pieces", 300, causal=True, pieces=4)
-    return failures
-
-
-def _run_pieces(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                s: np.ndarray | None, gates: dict[str, np.ndarray], *, causal: bool,
-                pieces: int) -> np.ndarray:
-    """The backend's output on float64 inputs, in `pieces` causal calls with the state."""
-
-    def conv(x: np.ndarray | None) -> Any:
-        return None if x is None else backend.from_numpy(x, "float64")
-
-    n = q.shape[-2]
-    cuts = np.linspace(0, n, pieces + 1).astype(int)
-    state, outs = None, []
-    for a, b in itertools.pairwise(cuts):
-        kwargs = {g: conv(x[..., a:b]) for g, x in gates.items()}
-        kwargs["logits"] = None if s is None else conv(s[..., a:b])
-        args = (conv(x[..., a:b, :]) for x in (q, k, v))
-        if pieces == 1:
-            return backend.to_numpy(backend.attention(*args, causal=causal, **kwargs))
-        out, state = backend.attention(*args, state=state, return_state=True, **kwargs)
-        outs.append(backend.to_numpy(out))
-    return np.concatenate(outs, axis=-2)
+    outcomes = conformance_run(Context(backend, target=target, profile="quick"))
+    return [o.explain() for o in outcomes if o.required and o.status in (FAILED, ERROR)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,16 +266,23 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     q, k, v, s = _inputs(shape)
     bq, bk, bv, bs = (backend.from_numpy(x, shape.dtype) for x in (q, k, v, s))
 
+    sync = _synchronize(backend)
+
     def run() -> Any:
-        return backend.attention(bq, bk, bv, logits=bs)
+        out = backend.attention(bq, bk, bv, logits=bs)
+        sync()
+        return out
 
     row = {**asdict(shape)}
     row["backend"] = timed(run, repeats)
     with _blas_threads(1):
         row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s), repeats)
-    row["softmax"] = timed(lambda: softmax(q, k, v), repeats, budget_s=10.0)
+    row["softmax"] = timed(softmax(q, k, v), repeats, budget_s=10.0)
     memory = getattr(backend, "memory_peak", None)
-    row["peak_bytes"] = int(memory(run) if callable(memory) else peak_memory(run))
+    if callable(memory):
+        row["peak_bytes"] = int(memory(run))
+    elif isinstance(bq, np.ndarray):  # tracemalloc sees NumPy's allocations only
+        row["peak_bytes"] = peak_memory(run)
     row["input_bytes"] = int(sum(x.nbytes for x in (q, k, v, s)))
     row["flops"] = chunked_flops(shape, _chunk_size(backend))
     return row
@@ -310,6 +291,7 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
 def measure_decode(backend: Any, shape: Shape, contexts: Sequence[int], repeats: int) -> dict:
     """Seconds of one one-token call with the state of a prefix of each context length."""
     result = {}
+    sync = _synchronize(backend)
     for context in contexts:
         q, k, v, s = _inputs(Shape(shape.bh, context + 1, shape.d, shape.dv, shape.dtype), 1)
         b = [backend.from_numpy(x, shape.dtype) for x in (q, k, v, s)]
@@ -318,7 +300,9 @@ def measure_decode(backend: Any, shape: Shape, contexts: Sequence[int], repeats:
         step = [x[:, context:] for x in b]
 
         def one(step: list = step, state: Any = state) -> Any:
-            return backend.attention(*step[:3], logits=step[3], state=state)
+            out = backend.attention(*step[:3], logits=step[3], state=state)
+            sync()
+            return out
 
         result[str(context)] = timed(one, max(50, 10 * repeats), budget_s=2.0)
     return result
@@ -336,7 +320,8 @@ def derive(rows: list[dict], gemm: float) -> None:
         big = by_n.get(8 * row["n"])
         if big is not None:
             row["time_8n_ratio"] = big["backend"]["min"] / t
-            row["memory_8n_ratio"] = big["peak_bytes"] / max(row["peak_bytes"], 1)
+            if "peak_bytes" in row:
+                row["memory_8n_ratio"] = big["peak_bytes"] / max(row["peak_bytes"], 1)
 
 
 def _cpus() -> int:
@@ -417,7 +402,8 @@ def table(report: dict) -> str:
                 f"{row['reference']['min'] * 1e3:9.2f} {row['softmax']['min'] * 1e3:9.1f} "
                 f"{row['flop_rate'] / 1e9:8.1f} {100 * row['gemm_share']:5.1f}% "
                 f"{row['vs_softmax']:7.4f} {row['reference_vs_backend']:6.2f} "
-                f"{opt('time_8n_ratio')} {row['peak_bytes'] / 2**20:8.2f} "
+                f"{opt('time_8n_ratio')} "
+                f"{row['peak_bytes'] / 2**20 if 'peak_bytes' in row else float('nan'):8.2f} "
                 f"{opt('memory_8n_ratio')}")
     decode = report["decode"]
     steps = ", ".join(f"{c} tokens {t['min'] * 1e6:.0f} us" for c, t in decode["times"].items())
@@ -467,12 +453,13 @@ def _load_backend(spec: str) -> Any:
 def run(backend: Any, names: Sequence[str], *, softmax_kind: str = "auto",
         repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Measure the configurations `names`; returns the report (see `main`)."""
-    softmax_name, softmax = _softmax(softmax_kind)
+    device = str(getattr(backend, "device", "cpu"))
+    softmax_name, softmax = _softmax(softmax_kind, device)
     report: dict[str, Any] = {"backend": getattr(backend, "name", "backend"),
                               "machine": machine(backend), "softmax": softmax_name,
                               "chunk_size": _chunk_size(backend), "configs": {}}
     log(_machine_line(report["machine"]))
-    report["gemm_flops"] = gemm_rate(1024 if "quick" in names else 4096)
+    report["gemm_flops"] = gemm_rate(1024 if "quick" in names else 4096, device=device)
     measured: dict[Shape, dict] = {}  # a shape in two configurations is timed once
     for name in names:
         config = CONFIGS[name]
@@ -510,10 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         print(f"zeros-bench: cannot load backend {args.backend!r}: {exc}", file=sys.stderr)
         return 2
-    failures = correctness_gate(backend)
+    failures = correctness_gate(backend, args.backend)
     if failures:
-        print(f"zeros-bench: backend {args.backend!r} disagrees with zeros_ref; no timings "
-              "reported:", file=sys.stderr)
+        print(f"zeros-bench: backend {args.backend!r} fails the quick conformance run; no "
+              "timings reported:", file=sys.stderr)
         for failure in failures:
             print(f"  - {failure}", file=sys.stderr)
         return 1

@@ -101,6 +101,10 @@ class CupyBackend:
             state=state, return_state=return_state, chunk_size=self.chunk_size,
         )
 
+    def synchronize(self) -> None:
+        """Wait for the GPU's queued work (for timings)."""
+        _cupy().cuda.Device().synchronize()
+
     def memory_peak(self, fn: Callable[[], Any]) -> int:
         """Peak bytes taken from CuPy's memory pool while ``fn()`` runs, beyond those in use
         before it (ZS-ON-MEMORY).

@@ -184,6 +184,11 @@ class TorchBackend:
             for name, grad in zip(leaves, grads)
         }
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (for timings; a no-op on the CPU)."""
+        if self._cuda:
+            torch.cuda.synchronize(torch.device(self.device))
+
     # -- memory -------------------------------------------------------------------------------
 
     @property

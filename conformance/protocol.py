@@ -23,7 +23,8 @@ class Backend(Protocol):
     semantics of `zeros_ref.attention`. Optional attributes: ``features`` (claimed optional
     features, all when absent), ``gradients`` (with "grad"), ``memory_peak(fn) -> int``
     (peak bytes allocated while ``fn()`` runs, for devices the process RSS does not see) and
-    ``device`` (a string for the report).
+    ``device`` (a string for the report) and ``synchronize()`` (waits for queued device work,
+    for timings).
     """
 
     name: str

@@ -349,3 +349,16 @@ def test_cuda_memory_peak_counts_device_memory() -> None:
     x = cuda_backend.from_numpy(np.ones((2, n, 32)), "float32")
     peak = cuda_backend.memory_peak(lambda: cuda_backend.attention(x, x, x))
     assert 2 * n * 32 * 4 <= peak < 64 * 2 * n * 32 * 4  # at least the output, O(N) at most
+
+
+def test_bench_times_the_torch_backend(tmp_path) -> None:
+    """`zeros-bench --backend torch` gates on conformance, then times against torch SDPA."""
+    import json
+
+    from zeros_backends import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--backend", "torch", "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backend"] == "torch" and report["softmax"].startswith("torch")
+    assert all(row["backend"]["min"] > 0 for row in report["configs"]["quick"])
