@@ -116,6 +116,8 @@ class LogSumExpChunked(NumpyArrays):
     @staticmethod
     def _bidirectional(qh, kh, v, s, gates) -> np.ndarray:
         n = s.shape[-1]
+        if n == 0:
+            return np.zeros((*s.shape, v.shape[-1]))
         log_norm = np.logaddexp.reduce(s, axis=-1, keepdims=True)
         mean = s.mean(axis=-1, keepdims=True)
         kv = np.swapaxes(kh, -1, -2)
