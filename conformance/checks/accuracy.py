@@ -17,7 +17,7 @@ def _drawn_cases(ctx: Context) -> list[dict]:
     from hypothesis import strategies as st
 
     drawn: list[dict] = []
-    examples = 10 if ctx.quick else 40
+    examples = 10 if ctx.quick else 150
 
     @fix_seed(ctx.seed)
     @settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
