@@ -24,7 +24,7 @@ from ._logits import running_mean_logits
 from ._state import State
 from ._validate import Inputs
 
-__all__ = ["absorb", "causal_chunk", "read"]
+__all__ = ["absorb", "causal_chunk", "cumulative_max", "read"]
 
 
 class PrefixStats(NamedTuple):
@@ -45,16 +45,33 @@ class PrefixStats(NamedTuple):
     exp_logits: Any
 
 
-def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixStats:
+def cumulative_max(xp: Any, x: Any) -> Any:
+    """Running maximum along the last axis, ``y_j = max_{i <= j} x_i`` (C,) -> (C,).
+
+    The array API has no cumulative max; a Hillis-Steele scan takes log2(C) passes over x.
+    A NaN at i propagates to every j >= i and never to j < i.
+    """
+    c = x.shape[-1]
+    shift = 1
+    while shift < c:
+        pad = xp.full((*x.shape[:-1], shift), -xp.inf, dtype=x.dtype, device=device(x))
+        x = xp.maximum(x, xp.concat([pad, x[..., :-shift]], axis=-1))
+        shift *= 2
+    return x
+
+
+def prefix_stats(
+    xp: Any, state: State, s: Any, visible: Any, t: Any, chunk_max: Any
+) -> PrefixStats:
     """Statistics of rows whose keys are the state's prefix plus the `visible` chunk keys.
 
-    Shapes: s (*B, C) chunk logits; visible (R, C) bool; t (R,) 1-based positions.
+    Shapes: s (*B, C) chunk logits; visible (R, C) bool; t (R,) 1-based positions;
+    chunk_max (*B, R) the largest visible chunk logit of each row.
     """
     # Step 1 (4.2): the running max. An empty state adopts the chunk's first logit as its
     # reference, so no infinity ever enters the arithmetic.
     m_prev = state.running_max if state.length else s[..., 0]  # (*B,)
-    masked = xp.where(visible, s[..., None, :], -xp.inf)  # (*B, R, C)
-    m = xp.maximum(m_prev[..., None], xp.max(masked, axis=-1))  # (*B, R)
+    m = xp.maximum(m_prev[..., None], chunk_max)  # (*B, R)
     # Step 2: logits relative to each row's max (<= 0 where visible).
     centred = xp.where(visible, s[..., None, :] - m[..., None], 0.0)  # (*B, R, C)
     exp_logits = xp.where(visible, xp.exp(centred), 0.0)  # (*B, R, C)
@@ -96,7 +113,7 @@ def absorb(xp: Any, state: State, k: Any, kh: Any, v: Any, s: Any) -> State:
     n = state.length + c
     everything = xp.ones((1, c), dtype=xp.bool, device=device(s))
     t = xp.asarray([float(n)], dtype=s.dtype, device=device(s))
-    st = prefix_stats(xp, state, s, everything, t)
+    st = prefix_stats(xp, state, s, everything, t, xp.max(s, axis=-1, keepdims=True))
     m, mean, normaliser = st.m[..., 0], st.mean[..., 0], st.normaliser[..., 0]  # (*B,)
     w = st.exp_logits[..., 0, :]  # (*B, C) exp(s_i - m)
     f = st.centred[..., 0, :] - mean[..., None]  # (*B, C) s_i - sbar
@@ -120,7 +137,7 @@ def causal_chunk(
     t = xp.arange(state.length + 1, state.length + c + 1, dtype=s.dtype, device=device(s))
     rows = xp.arange(c, device=device(s))
     visible = rows[None, :] <= rows[:, None]  # (C, C): key i is visible from query t if i <= t
-    st = prefix_stats(xp, state, s, visible, t)
+    st = prefix_stats(xp, state, s, visible, t, cumulative_max(xp, s))
     a, b, c0 = coefficients(gates, t, st.normaliser)
     # Step 4: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
     r = a[..., None] * st.exp_logits + b[..., None] * (st.centred - st.mean[..., None])

@@ -25,10 +25,17 @@ def unit(xp: Any, x: Any) -> Any:
 
     Notes
     -----
-    Each row is first divided by its largest magnitude, so the norm neither overflows nor
-    underflows for any finite input: the direction is exact to rounding whatever the scale.
+    When a squared norm overflows, or is too small to hold full precision (zero rows and
+    underflow included), every row is first divided by its largest magnitude (then the
+    squared norm lies in [1, D]), so the direction is exact to rounding whatever the scale of a
+    finite input.
     """
-    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)  # (..., 1)
-    x = x / xp.where(peak > 0, peak, 1.0)
-    norm = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))  # (..., 1), in [1, sqrt(D)] or 0
+    squared = xp.sum(x * x, axis=-1, keepdims=True)  # (..., 1)
+    info = xp.finfo(x.dtype)
+    safe = (squared >= info.smallest_normal / info.eps) & (squared <= info.max)
+    if not bool(xp.all(safe)):
+        peak = xp.max(xp.abs(x), axis=-1, keepdims=True)  # (..., 1)
+        x = x / xp.where(peak > 0, peak, 1.0)
+        squared = xp.sum(x * x, axis=-1, keepdims=True)
+    norm = xp.sqrt(squared)
     return x / xp.where(norm > 0, norm, 1.0)
