@@ -12,9 +12,13 @@ from .._harness import Context, Measurement, agreement, check, random_inputs
 
 def _drawn_cases(ctx: Context) -> list[dict]:
     """Cases drawn by hypothesis from the awkward shapes of the spec, fixed by the seed."""
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as fix_seed
-    from hypothesis import strategies as st
+    try:
+        from hypothesis import HealthCheck, Phase, given, settings
+        from hypothesis import seed as fix_seed
+        from hypothesis import strategies as st
+    except ImportError:
+        raise RuntimeError("drawing cases needs hypothesis: pip install "
+                           "'zeros-attention-spec[conformance]'") from None
 
     drawn: list[dict] = []
     examples = 10 if ctx.quick else 150
