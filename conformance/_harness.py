@@ -16,7 +16,7 @@ import numpy as np
 
 import zeros_ref
 
-from ._compare import TOLERANCE, compare, output_scale
+from ._compare import TOLERANCE, Comparison, compare, output_scale
 from .protocol import claimed_features, usable_dtypes
 
 __all__ = [
@@ -54,6 +54,12 @@ class Measurement:
     def __post_init__(self) -> None:
         if self.passed is None:
             self.passed = bool(self.value <= self.limit)
+
+    @classmethod
+    def of(cls, result: Comparison, case: dict[str, Any]) -> Measurement:
+        """The measurement of a comparison with the reference (`compare`)."""
+        return cls(result.error, result.tolerance, case, message=result.describe(),
+                   passed=result.passed)
 
 
 @dataclass
@@ -225,14 +231,10 @@ def agreement(
         return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
     ref = reference(seen, causal=causal) if expected is None else expected(seen)
     result = compare(out, ref, scale_of(seen, causal=causal), TOLERANCE[dtype])
-    return Measurement(
-        result.error, result.tolerance, case, message=result.describe(), passed=result.passed
-    )
+    return Measurement.of(result, case)
 
 
-def raises(
-    ctx: Context, call: Any, kind: tuple[type, ...], name: str, case: dict[str, Any]
-) -> Measurement:
+def raises(call: Any, kind: tuple[type, ...], name: str, case: dict[str, Any]) -> Measurement:
     """Measurement of a call that must raise `kind` with a message naming `name`."""
     try:
         call()

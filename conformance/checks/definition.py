@@ -54,12 +54,11 @@ def _aligned(rng: np.random.Generator, batch: tuple[int, ...], n: int, d: int, d
 
 
 def _difference(
-    ctx: Context, a: np.ndarray, b: np.ndarray, scale: np.ndarray, dtype: str, case: dict
+    a: np.ndarray, b: np.ndarray, scale: np.ndarray, dtype: str, case: dict
 ) -> Measurement:
     """Two backend outputs that must agree, compared relative to the output scale."""
     result = compare(a, b, scale, 2 * TOLERANCE[dtype])
-    return Measurement(result.error, result.tolerance, case, message=result.describe(),
-                       passed=result.passed)
+    return Measurement.of(result, case)
 
 
 @check("ZS-DEF-COSINE")
@@ -75,7 +74,7 @@ def only_directions_matter(ctx: Context) -> Iterator[Measurement]:
             scaled["k"] = inputs["k"] * 10.0 ** rng.uniform(-2, 2, size=(2, 40, 1))
             out = as_numpy(ctx, run_backend(ctx, scaled, dtype, causal=causal))
             case = describe(inputs, dtype=dtype, causal=causal, change="rescaled q and k")
-            yield _difference(ctx, out, base, scale_of(inputs, causal=causal), dtype, case)
+            yield _difference(out, base, scale_of(inputs, causal=causal), dtype, case)
             zeroed = dict(inputs)
             zeroed["q"], zeroed["k"] = inputs["q"].copy(), inputs["k"].copy()
             zeroed["q"][:, ::3] = 0.0
@@ -119,7 +118,7 @@ def rows_sum_to_zero(ctx: Context) -> Iterator[Measurement]:
                 shifted = a + zero_gate[..., None] * w
                 scale = np.maximum(scale_of(inputs, causal=causal), scale_of(moved, causal=causal))
                 case = describe(inputs, dtype=dtype, causal=causal, added=w.round(3).tolist())
-                yield _difference(ctx, b, shifted, scale, dtype, case)
+                yield _difference(b, shifted, scale, dtype, case)
 
 
 @check("ZS-DEF-SOFTMAX")
@@ -161,7 +160,7 @@ def logit_shift_changes_nothing(ctx: Context) -> Iterator[Measurement]:
                 moved = dict(inputs, logits=inputs["logits"] + delta)
                 out = as_numpy(ctx, run_backend(ctx, moved, dtype, causal=causal))
                 case = describe(inputs, dtype=dtype, causal=causal, shift=delta)
-                yield _difference(ctx, out, base, scale_of(inputs, causal=causal), dtype, case)
+                yield _difference(out, base, scale_of(inputs, causal=causal), dtype, case)
 
 
 @check("ZS-DEF-CAUSAL")
@@ -182,7 +181,7 @@ def causal_outputs_ignore_the_future(ctx: Context) -> Iterator[Measurement]:
             b = as_numpy(ctx, run_backend(ctx, changed, dtype, causal=True))[..., :t0, :]
             scale = scale_of(inputs, causal=True)[..., :t0]
             case = describe(inputs, dtype=dtype, causal=True, changed_from=t0)
-            yield _difference(ctx, b, a, scale, dtype, case)
+            yield _difference(b, a, scale, dtype, case)
 
 
 @check("ZS-DEF-BIDIRECTIONAL")

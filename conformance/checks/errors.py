@@ -45,7 +45,7 @@ def shape_errors_name_the_argument(ctx: Context) -> Iterator[Measurement]:
         ("zero", {"zero": np.ones((3, 8))}, "gate leading axes"),
     ]
     for name, change, label in bad_cases:
-        yield raises(ctx, _call(ctx, dtype, **{**good, **change}), (ValueError,), name,
+        yield raises(_call(ctx, dtype, **{**good, **change}), (ValueError,), name,
                      {"bad": label, "dtype": dtype})
 
 
@@ -57,11 +57,11 @@ def dtype_errors_name_the_argument(ctx: Context) -> Iterator[Measurement]:
     b = ctx.backend
     q, k, v = (b.from_numpy(x[n], dtype) for n in ("q", "k", "v"))
     for name, value in (("first", True), ("zero", "0.5")):
-        yield raises(ctx, lambda n=name, g=value: b.attention(q, k, v, **{n: g}), (TypeError,),
+        yield raises(lambda n=name, g=value: b.attention(q, k, v, **{n: g}), (TypeError,),
                      name, {"bad": f"{name}={value!r}"})
     for other in ctx.dtypes[:-1]:
         mixed = b.from_numpy(x["v"], other)
-        yield raises(ctx, lambda m=mixed: b.attention(q, k, m), (TypeError,), "v",
+        yield raises(lambda m=mixed: b.attention(q, k, m), (TypeError,), "v",
                      {"bad": f"v in {other}, q and k in {dtype}"})
 
 
@@ -108,5 +108,4 @@ def nonfinite_values_stay_in_the_future(ctx: Context) -> Iterator[Measurement]:
                     yield Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
                     continue
                 result = compare(out[..., :i, :], base[..., :i, :], scale, TOLERANCE[dtype])
-                yield Measurement(result.error, result.tolerance, case, message=result.describe(),
-                                  passed=result.passed)
+                yield Measurement.of(result, case)

@@ -59,8 +59,7 @@ def _streaming_agreement(
     seen = rounded(ctx, inputs, dtype)
     result = compare(out, reference(seen, causal=True), scale_of(seen, causal=True),
                      TOLERANCE[dtype])
-    return Measurement(result.error, result.tolerance, case, message=result.describe(),
-                       passed=result.passed)
+    return Measurement.of(result, case)
 
 
 def _logit_kinds(ctx: Context) -> tuple[str, ...]:
@@ -105,9 +104,9 @@ def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
     for label, shape in (("leading axes", ((3,), 4, 3)), ("D", ((2,), 5, 3)),
                          ("Dv", ((2,), 4, 2))):
         other = arrays(*shape)
-        yield raises(ctx, lambda o=other: b.attention(*o[:3], logits=o[3], state=state), errors,
+        yield raises(lambda o=other: b.attention(*o[:3], logits=o[3], state=state), errors,
                      "state", {"state from": "(2,), D=4, Dv=3", "other": label})
-    yield raises(ctx, lambda: b.attention(q, k, v, logits=s, causal=False, state=state),
+    yield raises(lambda: b.attention(q, k, v, logits=s, causal=False, state=state),
                  (ValueError,), "state", {"causal": False, "state": "given"})
-    yield raises(ctx, lambda: b.attention(q, k, v, logits=s, causal=False, return_state=True),
+    yield raises(lambda: b.attention(q, k, v, logits=s, causal=False, return_state=True),
                  (ValueError,), "return_state", {"causal": False, "return_state": True})
