@@ -32,6 +32,12 @@ state [F; G; H] moved into the block frame, and the state after chunk j
 (M, E', sbar, the factors) of all blocks are computed up front, vectorised over blocks, with a
 scan over blocks for the prefix sums.
 
+Where b_t = 0 on every row of a block ("level" blocks: first gate = higher gate, as with the
+default gates), G weighs nothing in the block's outputs: its D columns of Qf and D rows of
+S_j are left out of the chunk products (a quarter of the largest one) and G's update is added
+in one product over the whole block at its end. Factors, features and the state in the
+workspace are kept in the order F, H, G, so that leaving G out is a slice.
+
 When the frame is exact
 -----------------------
 Let tiny be the smallest normal number of the compute dtype and ``T = -log(tiny) / 2``
@@ -47,7 +53,7 @@ path when
    direction zero, as in the reference;
 3. ``sum_j max|A_j| max|Bm_j| <= max / 8`` (max the largest finite number), a bound on
    every entry of ``A @ Bm`` (masked ones included), so nothing overflows; and every input
-   of the block is finite (a NaN fails a comparison; for v the sum of each row is tested).
+   of the block is finite (a NaN fails a comparison; for v the largest |v| is tested).
 
 Weights that underflow have p < tiny^(3/8) and move outputs by less than that times the
 output scale. The b and c' terms are as exact as the reference's because s_ref and sbar_t
@@ -147,9 +153,10 @@ class _Frame(NamedTuple):
     """Statistics of every row of nb blocks of L tokens, each block in its own frame.
 
     Per block, (b, nb): top M, ref s_ref, decay ``exp(m_prev - M)``, mean_prev
-    ``sbar_prev - s_ref``, ok (the row takes the fast path). Per token, (b, nb, L):
-    normaliser E'_t, mean ``sbar_t - s_ref``. Factors (b, nb, 3, L): query
-    ``[a', b, c'] / |q|``; key ``[w, s - s_ref, 1] / |k|``.
+    ``sbar_prev - s_ref``, ok (the row takes the fast path), level (the slope b is 0 on
+    the whole block: g1 = gh). Per token, (b, nb, L): normaliser E'_t, mean
+    ``sbar_t - s_ref``. Factors (b, nb, 3, L), in the order of the state parts they weight,
+    F, H, G: query ``[a', c', b] / |q|``; key ``[w, 1, s - s_ref] / |k|``.
     """
 
     top: np.ndarray
@@ -157,6 +164,7 @@ class _Frame(NamedTuple):
     decay: np.ndarray
     mean_prev: np.ndarray
     ok: np.ndarray
+    level: np.ndarray
     normaliser: np.ndarray
     mean: np.ndarray
     query: np.ndarray
@@ -233,12 +241,12 @@ def _frames(state: State, seq: _Seq, length: int) -> _Frame:
     if state.length:
         top = np.maximum(top, state.running_max[:, None])
     # Steps 2-3: weights, E'_t and sbar_t - s_ref, with the prefix of each block. The key
-    # factors [w, s - s_ref, 1] are written in place and divided by |k| once used.
+    # factors [w, 1, s - s_ref] are written in place and divided by |k| once used.
     key = np.empty((b, nb, 3, length), s.dtype)  # (b, nb, 3, L)
-    weights, centred = key[:, :, 0], key[:, :, 1]
+    weights, centred = key[:, :, 0], key[:, :, 2]
     np.exp(np.subtract(s, top[..., None], out=weights), out=weights)
     np.subtract(s, ref[..., None], out=centred)
-    key[:, :, 2] = 1.0
+    key[:, :, 1] = 1.0
     normaliser = np.cumsum(weights, axis=-1)  # (b, nb, L), completed below
     mean = np.cumsum(centred, axis=-1)  # (b, nb, L), completed below
     m_prev, decay, e_prev, mean_prev = _prefix_scan(
@@ -247,13 +255,14 @@ def _frames(state: State, seq: _Seq, length: int) -> _Frame:
     count = state.length + length * np.arange(nb)  # (nb,) tokens before each block
     mean += (count * mean_prev)[..., None]
     mean /= t  # sbar_t - s_ref
-    # Spec 4.1: coefficients [a', b, c'], c' absorbing the move of the mean to s_ref.
+    # Spec 4.1: coefficients [a', c', b], c' absorbing the move of the mean to s_ref.
     query = np.empty_like(key)  # (b, nb, 3, L)
     higher = blocks(seq.higher)
     np.divide(higher, normaliser, out=query[:, :, 0])
-    slope = np.subtract(blocks(seq.first), higher, out=query[:, :, 1])
+    slope = np.subtract(blocks(seq.first), higher, out=query[:, :, 2])
     slope /= t
-    c = np.subtract(blocks(seq.zero), higher, out=query[:, :, 2])
+    level = ~slope.any(axis=-1)  # (b, nb)
+    c = np.subtract(blocks(seq.zero), higher, out=query[:, :, 1])
     c /= t
     c -= slope * mean
     inv_q, q_ok = _inverse_norms(seq.q)
@@ -266,8 +275,8 @@ def _frames(state: State, seq: _Seq, length: int) -> _Frame:
     bound = np.sum(_max_abs(query) * _max_abs(key), axis=-1)
     ok &= bound <= np.finfo(dtype).max / 8
     ok &= blocks(q_ok).all(axis=-1) & blocks(k_ok).all(axis=-1)
-    ok &= np.isfinite(np.sum(seq.v.reshape(b, nb, -1), axis=-1))  # an overflow costs speed only
-    return _Frame(top, ref, decay, mean_prev, ok, normaliser, mean, query, key)
+    ok &= np.isfinite(_max_abs(seq.v.reshape(b, nb, -1)))  # max and min keep a NaN
+    return _Frame(top, ref, decay, mean_prev, ok, level, normaliser, mean, query, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,29 +284,71 @@ def _frames(state: State, seq: _Seq, length: int) -> _Frame:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Workspace:
-    """Buffers of one worker, reused from block to block (one set per chunk length C).
+class _Buffers(NamedTuple):
+    """One worker's buffers for b rows of nc chunks of C tokens, and views into them.
 
-    X : (b, nc, C, C + 3D) holds [P | Qf]; Kf : (b, nc, C, 3D); Y : (b, nc, C + 3D, Dv) holds
-    [V ; S_j]; R : (b, nc, C, C) the rank-3 weights A @ Bm.
+    x : (b, nc, C, C + 3D) holds [P | Qf]; y : (b, nc + 1, C + 3D, Dv) holds [V ; S_j] (slot
+    nc holds only the state after the block); kf : (b, nc, C, 3D) holds Kf; r : (b, nc, C, C)
+    the rank-3 weights A @ Bm. Features and states are in the order F, H, G.
+    ``full`` and ``level`` are (X, [V ; S_j] of chunks 0 .. nc-1, Kf^T, the chunk updates
+    Kf_j^T V_j that go to y[:, 1:], and the (S_j, S_{j-1}) pairs of the running sum) with
+    all three parts and with F and H only. The views are made once per shape.
     """
+
+    r: np.ndarray
+    p: np.ndarray  # X[..., :C]  (b, nc, C, C)
+    qf: tuple[np.ndarray, ...]  # Qf slot j = X[..., C + jD : C + (j+1)D] as (b, L, D)
+    kf: tuple[np.ndarray, ...]  # Kf slot j as (b, L, D)
+    kg: np.ndarray  # Kf slot 2 (G) transposed  (b, D, L)
+    v: np.ndarray  # the V rows of y[:, :nc]  (b, nc, C, Dv)
+    s0: np.ndarray  # S_0 = y[:, 0, C:] as (b, 3, D, Dv)
+    end: np.ndarray  # the state after the block, y[:, nc, C:] as (b, 3, D, Dv)
+    full: tuple[Any, ...]
+    level: tuple[Any, ...]
+
+
+class _Workspace:
+    """Buffers of one worker, reused from block to block (one set per chunk length C), and
+    their views (`_Buffers`), made once per shape: a block issues some fifty NumPy calls."""
 
     def __init__(self, dtype: Any, d: int, dv: int) -> None:
         self.dtype, self.d, self.dv = dtype, d, dv
         self._sets: dict[int, tuple[np.ndarray, ...]] = {}
+        self._views: dict[tuple[int, int, int], _Buffers] = {}
 
-    def get(self, b: int, nc: int, c: int) -> tuple[np.ndarray, ...]:
+    def get(self, b: int, nc: int, c: int) -> _Buffers:
+        views = self._views.get((b, nc, c))
+        if views is not None:
+            return views
         held = self._sets.get(c)
+        d, dv = self.d, self.dv
         if held is None or held[0].shape[0] < b or held[0].shape[1] < nc:
-            d3, dv = 3 * self.d, self.dv
             held = (
-                np.empty((b, nc, c, c + d3), self.dtype),
-                np.empty((b, nc, c, d3), self.dtype),
-                np.empty((b, nc, c + d3, dv), self.dtype),
+                np.empty((b, nc, c, c + 3 * d), self.dtype),
+                np.empty((b, nc, c, 3 * d), self.dtype),
+                np.empty((b, nc + 1, c + 3 * d, dv), self.dtype),
                 np.empty((b, nc, c, c), self.dtype),
             )
             self._sets[c] = held
-        return tuple(x[:b, :nc] for x in held)
+            self._views.clear()
+        x, kf, y, r = held[0][:b, :nc], held[1][:b, :nc], held[2][:b, :nc + 1], held[3][:b, :nc]
+        length = nc * c
+        qf = _view(x, b, length, c + 3 * d)[..., c:]
+        kt = _view(kf, b, length, 3 * d)
+        kft = kf.swapaxes(-1, -2)  # (b, nc, 3D, C)
+
+        def products(parts: int) -> tuple[Any, ...]:
+            w = c + parts * d
+            return (x[..., :w], y[:, :nc, :w], kft[:, :, :parts * d], y[:, 1:, c:w],
+                    tuple((y[:, j, c:w], y[:, j - 1, c:w]) for j in range(1, nc + 1)))
+
+        views = _Buffers(
+            r, x[..., :c], tuple(qf[..., j * d:(j + 1) * d] for j in range(3)),
+            tuple(kt[..., j * d:(j + 1) * d] for j in range(3)), kt[..., 2 * d:].swapaxes(1, 2),
+            y[:, :nc, :c], _view(y[:, 0, c:], b, 3, d, dv), _view(y[:, nc, c:], b, 3, d, dv),
+            products(3), products(2))
+        self._views[b, nc, c] = views
+        return views
 
 
 def _view(x: np.ndarray, *shape: int) -> np.ndarray:
@@ -328,41 +379,48 @@ def _fast_block(ws: _Workspace, state: State, seq: _Seq, fr: _Frame, c: int,
     Shapes: seq arrays (b, L = nc*C, ...); fr one block of `_frames`; state arrays (b, ...).
     Spec 4.2 steps 4-6 as GEMMs (module docstring).
     """
-    b, length, d = seq.q.shape
+    b, length = seq.q.shape[:2]
     nc = length // c
-    x, kf, y, r = ws.get(b, nc, c)
-    # Stacked features Qf = [a', b, c'] (x) q / |q| into X[..., C:], Kf = [w, s - s_ref, 1]
-    # (x) k / |k|  (b, L, 3D).
-    qf, kt = _view(x, b, length, c + 3 * d)[..., c:], _view(kf, b, length, 3 * d)
+    buf = ws.get(b, nc, c)
+    level = bool(fr.level.all())  # b = 0: G adds nothing to the outputs (module docstring)
+    rank = 2 if level else 3  # the factors that weigh in the outputs: F, H (and G)
+    # Stacked features Qf = [a', c', b] (x) q / |q| into X[..., C:] (without b where level),
+    # Kf = [w, 1, s - s_ref] (x) k / |k|  (b, L, 3D).
+    query, key = fr.query[..., None], fr.key[..., None]  # (b, 3, L, 1)
+    for j in range(rank):
+        np.multiply(seq.q, query[:, j], out=buf.qf[j])
     for j in range(3):
-        np.multiply(seq.q, fr.query[:, j, :, None], out=qf[..., j * d:(j + 1) * d])
-        np.multiply(seq.k, fr.key[:, j, :, None], out=kt[..., j * d:(j + 1) * d])
+        np.multiply(seq.k, key[:, j], out=buf.kf[j])
     # Step 4: P = tril((q k^T) * (A @ Bm)) into X[..., :C]  (b, nc, C, C).
-    np.matmul(_chunked(seq.q, nc, c), _chunked(seq.k, nc, c).swapaxes(-1, -2), out=x[..., :c])
-    coef = fr.query.reshape(b, 3, nc, c).transpose(0, 2, 3, 1)  # A (b, nc, C, 3)
-    keys = fr.key.reshape(b, 3, nc, c).transpose(0, 2, 1, 3)  # Bm (b, nc, 3, C)
-    np.matmul(coef, keys, out=r)
+    np.matmul(_chunked(seq.q, nc, c), _chunked(seq.k, nc, c).swapaxes(-1, -2), out=buf.p)
+    coef = fr.query[:, :rank].reshape(b, rank, nc, c).transpose(0, 2, 3, 1)  # A (b, nc, C, rank)
+    keys = fr.key[:, :rank].reshape(b, rank, nc, c).transpose(0, 2, 1, 3)  # Bm (b, nc, rank, C)
+    r = np.matmul(coef, keys, out=buf.r)
     r *= _causal_mask(c, r.dtype)  # every entry of r is finite (`_frames`)
-    x[..., :c] *= r
-    # Step 5: the prefix state in the block frame, S_0 = [e F, G + (sbar - s_ref) H, H].
-    y[:, :, :c] = _chunked(seq.v, nc, c)
-    s0 = _view(y[:, 0, c:], b, 3, d, y.shape[-1])  # (b, 3, D, Dv)
+    np.multiply(buf.p, r, out=buf.p)
+    # Step 5: the prefix state in the block frame, S_0 = [e F, H, G + (sbar - s_ref) H].
+    buf.v[...] = _chunked(seq.v, nc, c)
+    s0 = buf.s0  # (b, 3, D, Dv), slots F, H, G
     np.multiply(state.kv[:, 0], fr.decay[:, None, None], out=s0[:, 0])
-    np.multiply(state.kv[:, 2], fr.mean_prev[:, None, None], out=s0[:, 1])
-    s0[:, 1] += state.kv[:, 1]
-    s0[:, 2] = state.kv[:, 2]
-    # Step 6: chunk updates Kf_j^T V_j, running sums S_j, then out = [P | Qf] @ [V ; S_j].
-    kft = kf.swapaxes(-1, -2)  # (b, nc, 3D, C)
-    if nc > 1:
-        np.matmul(kft[:, :-1], y[:, :-1, :c], out=y[:, 1:, c:])
-    end = np.matmul(kft[:, -1], y[:, -1, :c])  # (b, 3D, Dv), the last chunk's update
-    for j in range(1, nc):
-        y[:, j, c:] += y[:, j - 1, c:]
-    end += y[:, -1, c:]
-    np.matmul(x, y, out=_chunked(out, nc, c))
+    s0[:, 1] = state.kv[:, 2]
+    np.multiply(state.kv[:, 2], fr.mean_prev[:, None, None], out=s0[:, 2])
+    s0[:, 2] += state.kv[:, 1]
+    # Step 6: chunk updates Kf_j^T V_j (one call for all chunks), running sums S_j, then
+    # out = [P | Qf] @ [V ; S_j]; slot nc of y ends as the state after the block. Where
+    # level, G is left out of these and moved to the end of the block in one product.
+    x, yv, kft, updates, running = buf.level if level else buf.full
+    np.matmul(kft, buf.v, out=updates)
+    for now, before in running:
+        now += before
+    np.matmul(x, yv, out=_chunked(out, nc, c))
+    if level:
+        np.add(s0[:, 2], np.matmul(buf.kg, seq.v), out=buf.end[:, 2])
     # The state after the block, back in the reference frame (G about the new mean).
-    kv = end.reshape(b, 3, d, -1)  # (b, 3, D, Dv)
-    kv[:, 1] -= fr.mean[:, -1, None, None] * kv[:, 2]
+    end = buf.end
+    kv = np.empty(end.shape, end.dtype)  # (b, 3, D, Dv), parts F, G, H
+    kv[:, 0], kv[:, 2] = end[:, 0], end[:, 1]
+    np.multiply(end[:, 1], fr.mean[:, -1, None, None], out=kv[:, 1])
+    np.subtract(end[:, 2], kv[:, 1], out=kv[:, 1])
     mean_offset = fr.mean[:, -1] + (fr.ref - fr.top)  # sbar - M
     return State(state.length + length, fr.top, mean_offset, fr.normaliser[:, -1], kv,
                  state.key_sum)
