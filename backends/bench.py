@@ -57,13 +57,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Shape:
-    """One benchmark shape: bh = B*H rows, n tokens, d = D, dv = Dv, dtype name."""
+    """One benchmark shape: bh = B*H rows, n tokens, d = D, dv = Dv, dtype name, and the gates:
+    "default" (first = higher, where the first-order term vanishes) or "random" (per-step
+    gates, all three unequal: the general case)."""
 
     bh: int
     n: int
     d: int = 64
     dv: int = 64
     dtype: str = "float32"
+    gates: str = "default"
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,14 @@ class Config:
 SWEEP = tuple(Shape(8, 512 * 2**i) for i in range(8))  # N = 512 ... 65536
 CONFIGS: dict[str, Config] = {
     "bh8-n8192-d64": Config((Shape(8, 8192), Shape(8, 65536))),
+    "bh8-n8192-d64-gates": Config((Shape(8, 8192, gates="random"),)),
     "sweep-bh8-d64": Config(SWEEP),
     "quick": Config((Shape(2, 128, 16, 16), Shape(2, 1024, 16, 16)), (128, 1024), repeats=2),
 }
 """Named configurations. ``bh8-n8192-d64`` holds N = 8192 and its 8N for the scaling ratios;
 ``quick`` is a tiny run for tests (``--quick``)."""
 
-DEFAULT_CONFIGS = ("bh8-n8192-d64", "sweep-bh8-d64")
+DEFAULT_CONFIGS = ("bh8-n8192-d64", "bh8-n8192-d64-gates", "sweep-bh8-d64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,18 +269,24 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     """Times (s), peak memory (bytes) and flop count of one shape."""
     q, k, v, s = _inputs(shape)
     bq, bk, bv, bs = (backend.from_numpy(x, shape.dtype) for x in (q, k, v, s))
-
+    gates: dict[str, Any] = {}
+    if shape.gates == "random":
+        rng = np.random.default_rng(1)
+        gates = {g: rng.uniform(-1.0, 2.0, (shape.bh, shape.n)).astype(shape.dtype)
+                 for g in ("first", "higher", "zero")}
+    backend_gates = {g: backend.from_numpy(x, shape.dtype) for g, x in gates.items()}
     sync = _synchronize(backend)
 
     def run() -> Any:
-        out = backend.attention(bq, bk, bv, logits=bs)
+        out = backend.attention(bq, bk, bv, logits=bs, **backend_gates)
         sync()
         return out
 
     row = {**asdict(shape)}
     row["backend"] = timed(run, repeats)
     with _blas_threads(1):
-        row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s), repeats)
+        row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s, **gates),
+                                 repeats)
     row["softmax"] = timed(softmax(q, k, v), repeats, budget_s=10.0)
     memory = getattr(backend, "memory_peak", None)
     if callable(memory):
@@ -387,7 +397,7 @@ def table(report: dict) -> str:
     lines = [_machine_line(report["machine"]),
              f"float32 GEMM rate: {report['gemm_flops'] / 1e9:.1f} GFLOP/s; softmax: "
              f"{report['softmax']}"]
-    head = (f"{'config':<15} {'N':>6} {report['backend']:>9} {'zeros_ref':>9} {'softmax':>9} "
+    head = (f"{'config':<19} {'N':>6} {report['backend']:>9} {'zeros_ref':>9} {'softmax':>9} "
             f"{'GFLOP/s':>8} {'%GEMM':>6} {'/soft':>7} {'ref/be':>6} {'t8N/N':>6} "
             f"{'peakMB':>8} {'m8N/N':>6}")
     lines += ["times in ms (min over repeats); GFLOP/s on the chunked form's count; zeros_ref "
@@ -398,7 +408,7 @@ def table(report: dict) -> str:
                 return f"{row[key]:6.2f}" if key in row else f"{'-':>6}"
 
             lines.append(
-                f"{name:<15} {row['n']:>6} {row['backend']['min'] * 1e3:9.2f} "
+                f"{name:<19} {row['n']:>6} {row['backend']['min'] * 1e3:9.2f} "
                 f"{row['reference']['min'] * 1e3:9.2f} {row['softmax']['min'] * 1e3:9.1f} "
                 f"{row['flop_rate'] / 1e9:8.1f} {100 * row['gemm_share']:5.1f}% "
                 f"{row['vs_softmax']:7.4f} {row['reference_vs_backend']:6.2f} "
