@@ -63,7 +63,7 @@ loss is not covered: gates so small (below tiny^(7/8)) that their factors underf
 
 Rows of a block that fail are redone chunk by chunk, each chunk with its own frame (M and
 s_ref of the chunk), and rows of a chunk that still fail run the reference's exact per-row
-step, `zeros_ref._chunked.causal_chunk` and `absorb`, which also keeps a NaN or infinity at
+step, `zeros_ref._chunked.causal_step`, which also keeps a NaN or infinity at
 position i out of the outputs before i (ZS-ERR-NONFINITE). Between blocks the state is the
 reference's `State` in the reference's frame, so the paths interleave freely.
 
@@ -93,7 +93,7 @@ import numpy as np
 
 from zeros_ref import State
 from zeros_ref._attention import check_call
-from zeros_ref._chunked import absorb, causal_chunk
+from zeros_ref._chunked import causal_step
 from zeros_ref._directions import unit
 from zeros_ref._logits import deviation_logits, running_mean_logits
 
@@ -427,10 +427,9 @@ def _fast_block(ws: _Workspace, state: State, seq: _Seq, fr: _Frame, c: int,
 
 
 def _reference_chunk(state: State, seq: _Seq, out: np.ndarray) -> State:
-    """The reference's exact per-row chunk step (`causal_chunk`, then `absorb`)."""
-    qh, kh = unit(np, seq.q), unit(np, seq.k)
-    out[...] = causal_chunk(np, state, qh, kh, seq.v, seq.s, seq.gates)
-    return absorb(np, state, seq.k, kh, seq.v, seq.s)
+    """The reference's exact per-row chunk step (`causal_step`)."""
+    out[...], state = causal_step(np, state, seq.q, seq.k, seq.v, seq.s, seq.gates)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from ._logits import running_mean_logits
 from ._state import State
 from ._validate import Inputs
 
-__all__ = ["absorb", "causal_chunk", "cumulative_max", "read"]
+__all__ = ["absorb", "append", "causal_chunk", "causal_step", "prefix_stats", "read"]
 
 
 class PrefixStats(NamedTuple):
-    """Softmax statistics of each query row over the keys it sees (spec 4.2).
+    """Softmax statistics of each query row over the keys it sees (spec 4.2, steps 1-3).
 
     m : (*B, R) running max m_t; mean : (*B, R) ``sbar_t - m_t``; normaliser : (*B, R) E_t;
     decay : (*B, R) ``exp(m_prev - m_t)``; shift : (*B, R) ``sbar_prev - sbar_t``;
@@ -45,44 +45,27 @@ class PrefixStats(NamedTuple):
     exp_logits: Any
 
 
-def cumulative_max(xp: Any, x: Any) -> Any:
-    """Running maximum along the last axis, ``y_j = max_{i <= j} x_i`` (C,) -> (C,).
-
-    The array API has no cumulative max; a Hillis-Steele scan takes log2(C) passes over x.
-    A NaN at i propagates to every j >= i and never to j < i.
-    """
-    c = x.shape[-1]
-    shift = 1
-    while shift < c:
-        pad = xp.full((*x.shape[:-1], shift), -xp.inf, dtype=x.dtype, device=device(x))
-        x = xp.maximum(x, xp.concat([pad, x[..., :-shift]], axis=-1))
-        shift *= 2
-    return x
-
-
-def prefix_stats(
-    xp: Any, state: State, s: Any, visible: Any, t: Any, chunk_max: Any
-) -> PrefixStats:
+def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixStats:
     """Statistics of rows whose keys are the state's prefix plus the `visible` chunk keys.
 
-    Shapes: s (*B, C) chunk logits; visible (R, C) bool; t (R,) 1-based positions;
-    chunk_max (*B, R) the largest visible chunk logit of each row.
+    Shapes: s (*B, C) chunk logits; visible (R, C) bool, every row seeing at least one key;
+    t (R,) 1-based positions. A NaN logit at i reaches the rows that see i and no other.
     """
     # Step 1 (4.2): the running max. An empty state adopts the chunk's first logit as its
-    # reference, so no infinity ever enters the arithmetic.
+    # reference, so no infinity enters the state.
     m_prev = state.running_max if state.length else s[..., 0]  # (*B,)
-    m = xp.maximum(m_prev[..., None], chunk_max)  # (*B, R)
-    # Step 2: logits relative to each row's max (<= 0 where visible).
-    centred = xp.where(visible, s[..., None, :] - m[..., None], 0.0)  # (*B, R, C)
-    exp_logits = xp.where(visible, xp.exp(centred), 0.0)  # (*B, R, C)
+    seen = xp.where(visible, s[..., None, :], -xp.inf)  # (*B, R, C), -inf where hidden
+    m = xp.maximum(m_prev[..., None], xp.max(seen, axis=-1))  # (*B, R)
+    # Step 2: logits relative to each row's max, <= 0 where visible (exp(-inf) = 0 elsewhere).
+    shifted = seen - m[..., None]  # (*B, R, C)
+    exp_logits = xp.exp(shifted)
+    centred = xp.where(visible, shifted, 0.0)
     # Step 3: the normaliser E_t, and the mean logit relative to m_t from the prefix count n.
     decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
     normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
-    n = state.length
     mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
-    mean = (n * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
-    shift = mean_prev - mean
-    return PrefixStats(m, mean, normaliser, decay, shift, centred, exp_logits)
+    mean = (state.length * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
+    return PrefixStats(m, mean, normaliser, decay, mean_prev - mean, centred, exp_logits)
 
 
 def coefficients(gates: tuple[Any, Any, Any], t: Any, normaliser: Any) -> tuple[Any, Any, Any]:
@@ -104,40 +87,71 @@ def read(xp: Any, kv: Any, qh: Any, a: Any, b: Any, c: Any) -> Any:
     return features @ xp.reshape(kv, (*kv.shape[:-3], d3, dv))  # (*B, R, 3D) @ (*B, 3D, Dv)
 
 
-def absorb(xp: Any, state: State, k: Any, kh: Any, v: Any, s: Any) -> State:
+def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any) -> State:
     """The state after appending a chunk (spec 4.2, step 6): one (3D x C) @ (C x Dv) product.
 
-    Shapes: k, kh (*B, C, D); v (*B, C, Dv); s (*B, C).
+    `st` holds statistics of rows of the chunk whose last row sees every key of the chunk
+    (the chunk's last query, or a single row that sees the whole chunk).
+    Shapes: k, kh (*B, C, D); v (*B, C, Dv).
     """
-    c = s.shape[-1]
-    n = state.length + c
-    everything = xp.ones((1, c), dtype=xp.bool, device=device(s))
-    t = xp.asarray([float(n)], dtype=s.dtype, device=device(s))
-    st = prefix_stats(xp, state, s, everything, t, xp.max(s, axis=-1, keepdims=True))
-    m, mean, normaliser = st.m[..., 0], st.mean[..., 0], st.normaliser[..., 0]  # (*B,)
-    w = st.exp_logits[..., 0, :]  # (*B, C) exp(s_i - m)
-    f = st.centred[..., 0, :] - mean[..., None]  # (*B, C) s_i - sbar
+    m, mean, normaliser = st.m[..., -1], st.mean[..., -1], st.normaliser[..., -1]  # (*B,)
+    w = st.exp_logits[..., -1, :]  # (*B, C) exp(s_i - m)
+    f = st.centred[..., -1, :] - mean[..., None]  # (*B, C) s_i - sbar
     features = xp.concat([w[..., None] * kh, f[..., None] * kh, kh], axis=-1)  # (*B, C, 3D)
     update = xp.matrix_transpose(features) @ v  # (*B, 3D, Dv)
     old_f, old_g, old_h = (state.kv[..., j, :, :] for j in range(3))  # (*B, D, Dv) each
-    decay, shift = st.decay[..., 0, None, None], st.shift[..., 0, None, None]
+    decay, shift = st.decay[..., -1, None, None], st.shift[..., -1, None, None]
     kv = xp.stack([decay * old_f, old_g + shift * old_h, old_h], axis=-3)
     kv = kv + xp.reshape(update, kv.shape)
-    return State(n, m, mean, normaliser, kv, state.key_sum + xp.sum(k, axis=-2))
+    return State(state.length + k.shape[-2], m, mean, normaliser, kv,
+                 state.key_sum + xp.sum(k, axis=-2))
 
 
-def causal_chunk(
-    xp: Any, state: State, qh: Any, kh: Any, v: Any, s: Any, gates: tuple[Any, Any, Any]
-) -> Any:
-    """Causal outputs of one chunk given the state of everything before it (spec 4.2).
+def append(xp: Any, state: State, k: Any, v: Any, s: Any) -> State:
+    """The state after a chunk whose outputs are not wanted (spec 4.3): its statistics are
+    those of one row that sees the whole chunk. Shapes: k (*B, C, D); v (*B, C, Dv); s (*B, C).
+    """
+    c = s.shape[-1]
+    everything = xp.ones((1, c), dtype=xp.bool, device=device(s))
+    t = xp.asarray([float(state.length + c)], dtype=s.dtype, device=device(s))
+    return absorb(xp, state, prefix_stats(xp, state, s, everything, t), k, unit(xp, k), v)
 
-    Shapes: qh, kh (*B, C, D); v (*B, C, Dv); s and each gate (*B, C). Returns (*B, C, Dv).
+
+def causal_step(
+    xp: Any, state: State, q: Any, k: Any, v: Any, s: Any, gates: tuple[Any, Any, Any]
+) -> tuple[Any, State]:
+    """Causal outputs of one chunk and the state after it (spec 4.2, steps 1-6).
+
+    Shapes: q, k (*B, C, D); v (*B, C, Dv); s and each gate (*B, C). Returns the (*B, C, Dv)
+    outputs and the state of the prefix extended by the chunk.
     """
     c = s.shape[-1]
     t = xp.arange(state.length + 1, state.length + c + 1, dtype=s.dtype, device=device(s))
     rows = xp.arange(c, device=device(s))
     visible = rows[None, :] <= rows[:, None]  # (C, C): key i is visible from query t if i <= t
-    st = prefix_stats(xp, state, s, visible, t, cumulative_max(xp, s))
+    qh, kh = unit(xp, q), unit(xp, k)
+    st = prefix_stats(xp, state, s, visible, t)
+    out = causal_chunk(xp, state, st, qh, kh, v, gates, visible, t)
+    return out, absorb(xp, state, st, k, kh, v)
+
+
+def causal_chunk(
+    xp: Any,
+    state: State,
+    st: PrefixStats,
+    qh: Any,
+    kh: Any,
+    v: Any,
+    gates: tuple[Any, Any, Any],
+    visible: Any,
+    t: Any,
+) -> Any:
+    """Causal outputs of one chunk given the state before it and its rows' statistics
+    (spec 4.2, steps 4-6).
+
+    Shapes: qh, kh (*B, C, D) unit vectors; v (*B, C, Dv); each gate (*B, C); visible (C, C);
+    t (C,). Returns (*B, C, Dv).
+    """
     a, b, c0 = coefficients(gates, t, st.normaliser)
     # Step 4: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
     r = a[..., None] * st.exp_logits + b[..., None] * (st.centred - st.mean[..., None])
@@ -187,11 +201,11 @@ def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) ->
     outputs = []
     for a, b in spans:
         k, v, s = inp.k[..., a:b, :], inp.v[..., a:b, :], logits(a, b, state)
-        kh = unit(xp, k)
         if causal:
-            qh = unit(xp, inp.q[..., a:b, :])
-            outputs.append(causal_chunk(xp, state, qh, kh, v, s, gates(a, b)))
-        state = absorb(xp, state, k, kh, v, s)
+            out, state = causal_step(xp, state, inp.q[..., a:b, :], k, v, s, gates(a, b))
+            outputs.append(out)
+        else:
+            state = append(xp, state, k, v, s)
     if not causal:
         for a, b in spans:
             coef = coefficients(gates(a, b), float(n), state.normaliser[..., None])

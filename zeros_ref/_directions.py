@@ -30,12 +30,12 @@ def unit(xp: Any, x: Any) -> Any:
     squared norm lies in [1, D]), so the direction is exact to rounding whatever the scale of a
     finite input.
     """
-    squared = xp.sum(x * x, axis=-1, keepdims=True)  # (..., 1)
+    squared = xp.vecdot(x, x)[..., None]  # (..., 1)
     info = xp.finfo(x.dtype)
     safe = (squared >= info.smallest_normal / info.eps) & (squared <= info.max)
     if not bool(xp.all(safe)):
         peak = xp.max(xp.abs(x), axis=-1, keepdims=True)  # (..., 1)
         x = x / xp.where(peak > 0, peak, 1.0)
-        squared = xp.sum(x * x, axis=-1, keepdims=True)
+        squared = xp.vecdot(x, x)[..., None]
     norm = xp.sqrt(squared)
     return x / xp.where(norm > 0, norm, 1.0)
