@@ -9,6 +9,10 @@ GEMM rate of the machine (a large NumPy matmul). From these it derives
 - the backend's achieved FLOP/s on the chunked form's count, ``B*H * N * (12 D Dv +
   2 C (D + Dv))`` (the state read and update, 3D x Dv each way, plus the C x C products), and
   its share of the GEMM rate;
+- on CPU backends, its share of the *product ceiling*: the FLOP/s of the chunked form's
+  products alone (`product_rate`), timed at the form's own small shapes on all CPUs. No
+  implementation that issues one BLAS product per chunk can beat it; the gap between the
+  ceiling and the GEMM rate is the BLAS's, the gap below the ceiling is the backend's;
 - the time ratios backend / softmax and reference / backend;
 - the scaling ratios time(8N) / time(N) and peak memory(8N) / peak memory(N) (spec ZS-ON-TIME,
   ZS-ON-MEMORY; a linear method gives about 8, a quadratic one about 64);
@@ -37,6 +41,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +57,7 @@ __all__ = [
     "correctness_gate",
     "gemm_rate",
     "main",
+    "product_rate",
 ]
 
 
@@ -156,6 +162,49 @@ def chunked_flops(shape: Shape, chunk: int) -> float:
     """Flops of the chunked form: ``B*H * N * (12 D Dv + 2 C (D + Dv))``."""
     per_token = 12 * shape.d * shape.dv + 2 * chunk * (shape.d + shape.dv)
     return float(shape.bh * shape.n * per_token)
+
+
+def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
+                 block_chunks: int = 8, repeats: int = 3) -> float:
+    """FLOP/s of the chunked form's products alone at `shape` with chunk length `chunk`.
+
+    Per chunk of every row: ``q k^T`` (C x D by D x C), the read and in-chunk term
+    ``[P | Qf] [V ; S]`` (C x (C + 3D) by (C + 3D) x Dv) and the update ``Kf^T V`` (3D x C
+    by C x Dv): `chunked_flops` exactly. Rows are split over `workers` threads (default: the
+    CPUs), each issuing single-threaded BLAS calls batched over its rows and `block_chunks`
+    chunks, on operands that stay in cache: an upper bound for any implementation of the
+    form that multiplies chunk by chunk. Returns the best of `repeats`.
+    """
+    c, d, dv, dtype = chunk, shape.d, shape.dv, np.dtype(shape.dtype)
+    workers = max(1, min(workers or _cpus(), shape.bh))
+    rows = -(-shape.bh // workers)  # rows of the busiest worker
+    blocks = -(-shape.n // (c * block_chunks))
+    rng = np.random.default_rng(0)
+
+    def operands(*dims: int) -> np.ndarray:
+        return rng.standard_normal((rows, block_chunks, *dims)).astype(dtype)
+
+    pairs = [(operands(c, d), operands(d, c)), (operands(c, c + 3 * d), operands(c + 3 * d, dv)),
+             (operands(3 * d, c), operands(c, dv))]
+    outs = [np.empty((rows, block_chunks, a.shape[-2], b.shape[-1]), dtype) for a, b in pairs]
+
+    def worker() -> None:
+        for _ in range(blocks):
+            for (a, b), out in zip(pairs, outs):
+                np.matmul(a, b, out=out)
+
+    def run() -> None:
+        if workers == 1:
+            worker()
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(worker) for _ in range(workers)]:
+                f.result()
+
+    with _blas_threads(1) if workers > 1 else contextlib.nullcontext():
+        seconds = timed(run, repeats)["min"]
+    flops = chunked_flops(Shape(rows * workers, blocks * block_chunks * c, d, dv), c)
+    return flops / seconds
 
 
 def blocked_softmax(q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int = 512) -> np.ndarray:
@@ -295,6 +344,9 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
         row["peak_bytes"] = peak_memory(run)
     row["input_bytes"] = int(sum(x.nbytes for x in (q, k, v, s)))
     row["flops"] = chunked_flops(shape, _chunk_size(backend))
+    if str(getattr(backend, "device", "cpu")) == "cpu":
+        row["product_flops"] = product_rate(shape, _chunk_size(backend),
+                                            workers=getattr(backend, "workers", None))
     return row
 
 
@@ -325,6 +377,8 @@ def derive(rows: list[dict], gemm: float) -> None:
         t = row["backend"]["min"]
         row["flop_rate"] = row["flops"] / t
         row["gemm_share"] = row["flop_rate"] / gemm
+        if "product_flops" in row:
+            row["product_share"] = row["flop_rate"] / row["product_flops"]
         row["vs_softmax"] = t / row["softmax"]["min"]
         row["reference_vs_backend"] = row["reference"]["min"] / t
         big = by_n.get(8 * row["n"])
@@ -398,19 +452,24 @@ def table(report: dict) -> str:
              f"float32 GEMM rate: {report['gemm_flops'] / 1e9:.1f} GFLOP/s; softmax: "
              f"{report['softmax']}"]
     head = (f"{'config':<19} {'N':>6} {report['backend']:>9} {'zeros_ref':>9} {'softmax':>9} "
-            f"{'GFLOP/s':>8} {'%GEMM':>6} {'/soft':>7} {'ref/be':>6} {'t8N/N':>6} "
-            f"{'peakMB':>8} {'m8N/N':>6}")
-    lines += ["times in ms (min over repeats); GFLOP/s on the chunked form's count; zeros_ref "
-              "timed with 1 BLAS thread", head]
+            f"{'GFLOP/s':>8} {'%GEMM':>6} {'%prod':>6} {'/soft':>7} {'ref/be':>6} "
+            f"{'t8N/N':>6} {'peakMB':>8} {'m8N/N':>6}")
+    lines += ["times in ms (min over repeats); GFLOP/s on the chunked form's count; %prod: "
+              "share of the form's products timed alone; zeros_ref timed with 1 BLAS thread",
+              head]
     for name, rows in report["configs"].items():
         for row in rows:
             def opt(key: str, row: dict = row) -> str:
                 return f"{row[key]:6.2f}" if key in row else f"{'-':>6}"
 
+            def percent(key: str, row: dict = row) -> str:
+                return f"{100 * row[key]:5.1f}%" if key in row else f"{'-':>6}"
+
             lines.append(
                 f"{name:<19} {row['n']:>6} {row['backend']['min'] * 1e3:9.2f} "
                 f"{row['reference']['min'] * 1e3:9.2f} {row['softmax']['min'] * 1e3:9.1f} "
                 f"{row['flop_rate'] / 1e9:8.1f} {100 * row['gemm_share']:5.1f}% "
+                f"{percent('product_share')} "
                 f"{row['vs_softmax']:7.4f} {row['reference_vs_backend']:6.2f} "
                 f"{opt('time_8n_ratio')} "
                 f"{row['peak_bytes'] / 2**20 if 'peak_bytes' in row else float('nan'):8.2f} "

@@ -242,13 +242,34 @@ def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
     small, large = report["configs"]["quick"]
     assert large["n"] == 8 * small["n"]
     for row in (small, large):
-        for key in ("flop_rate", "gemm_share", "vs_softmax", "reference_vs_backend"):
+        for key in ("flop_rate", "gemm_share", "product_flops", "product_share", "vs_softmax",
+                    "reference_vs_backend"):
             assert np.isfinite(row[key]) and row[key] > 0, key
         for timing in ("backend", "reference", "softmax"):
             assert 0 < row[timing]["min"] <= row[timing]["median"]
     assert small["time_8n_ratio"] > 0 and small["memory_8n_ratio"] > 0
     assert report["decode"]["ratio"] > 0 and len(report["decode"]["times"]) == 2
     assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
+    """The ceiling times exactly the products `chunked_flops` counts: one matmul call per
+    product kind and block on each worker, with the shapes of the chunked form."""
+    shapes, real = [], np.matmul
+
+    def spy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        shapes.append((a.shape, b.shape))
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(bench.np, "matmul", spy)
+    shape, c = bench.Shape(bh=4, n=96, d=8, dv=5), 16  # 96 tokens: one block of 8 chunks
+    assert bench.product_rate(shape, c, workers=workers, block_chunks=8, repeats=1) > 0
+    calls = shapes[: 3 * workers]  # the first timed call (repeats add more)
+    rows = 4 // workers
+    flops = sum(2 * np.prod(a) * b[-1] for a, b in calls)
+    assert {a[:2] for a, _ in calls} == {(rows, 8)}
+    assert flops == bench.chunked_flops(bench.Shape(4, 8 * c, 8, 5), c)
 
 
 def test_blocked_softmax_is_causal_softmax(rng) -> None:
