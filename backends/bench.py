@@ -193,16 +193,14 @@ def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
             for (a, b), out in zip(pairs, outs):
                 np.matmul(a, b, out=out)
 
-    def run() -> None:
-        if workers == 1:
-            worker()
-            return
-        with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, (
+            _blas_threads(1) if workers > 1 else contextlib.nullcontext()):
+
+        def run() -> None:  # the pool's threads are started once, outside the timings
             for f in [pool.submit(worker) for _ in range(workers)]:
                 f.result()
 
-    with _blas_threads(1) if workers > 1 else contextlib.nullcontext():
-        seconds = timed(run, repeats)["min"]
+        seconds = timed(run if workers > 1 else worker, repeats)["min"]
     flops = chunked_flops(Shape(rows * workers, blocks * block_chunks * c, d, dv), c)
     return flops / seconds
 
