@@ -35,8 +35,9 @@ scan over blocks for the prefix sums.
 Where b_t = 0 on every row of a block ("level" blocks: first gate = higher gate, as with the
 default gates), G weighs nothing in the block's outputs: its D columns of Qf and D rows of
 S_j are left out of the chunk products (a quarter of the largest one) and G's update is added
-in one product over the whole block at its end. Factors, features and the state in the
-workspace are kept in the order F, H, G, so that leaving G out is a slice.
+in one product over the whole block at its end. When every block of a call is level and the
+state is not returned, nothing reads G at all, and it is not kept. Factors, features and the
+state in the workspace are kept in the order F, H, G, so that leaving G out is a slice.
 
 When the frame is exact
 -----------------------
@@ -309,10 +310,15 @@ class _Buffers(NamedTuple):
 
 class _Workspace:
     """Buffers of one worker, reused from block to block (one set per chunk length C), and
-    their views (`_Buffers`), made once per shape: a block issues some fifty NumPy calls."""
+    their views (`_Buffers`), made once per shape: a block issues some fifty NumPy calls.
 
-    def __init__(self, dtype: Any, d: int, dv: int) -> None:
-        self.dtype, self.d, self.dv = dtype, d, dv
+    `track_g`: whether the state's G is kept. When no block of the call has a slope b != 0
+    and the state is not returned, nothing reads G: it is left out of the work and held at 0
+    (harmless where it is read with b = 0, as by the reference's step).
+    """
+
+    def __init__(self, dtype: Any, d: int, dv: int, *, track_g: bool = True) -> None:
+        self.dtype, self.d, self.dv, self.track_g = dtype, d, dv, track_g
         self._sets: dict[int, tuple[np.ndarray, ...]] = {}
         self._views: dict[tuple[int, int, int], _Buffers] = {}
 
@@ -384,12 +390,13 @@ def _fast_block(ws: _Workspace, state: State, seq: _Seq, fr: _Frame, c: int,
     buf = ws.get(b, nc, c)
     level = bool(fr.level.all())  # b = 0: G adds nothing to the outputs (module docstring)
     rank = 2 if level else 3  # the factors that weigh in the outputs: F, H (and G)
+    track_g = ws.track_g or not level
     # Stacked features Qf = [a', c', b] (x) q / |q| into X[..., C:] (without b where level),
-    # Kf = [w, 1, s - s_ref] (x) k / |k|  (b, L, 3D).
+    # Kf = [w, 1, s - s_ref] (x) k / |k|  (b, L, 3D) (without G's where it is not kept).
     query, key = fr.query[..., None], fr.key[..., None]  # (b, 3, L, 1)
     for j in range(rank):
         np.multiply(seq.q, query[:, j], out=buf.qf[j])
-    for j in range(3):
+    for j in range(3 if track_g else 2):
         np.multiply(seq.k, key[:, j], out=buf.kf[j])
     # Step 4: P = tril((q k^T) * (A @ Bm)) into X[..., :C]  (b, nc, C, C).
     np.matmul(_chunked(seq.q, nc, c), _chunked(seq.k, nc, c).swapaxes(-1, -2), out=buf.p)
@@ -403,24 +410,29 @@ def _fast_block(ws: _Workspace, state: State, seq: _Seq, fr: _Frame, c: int,
     s0 = buf.s0  # (b, 3, D, Dv), slots F, H, G
     np.multiply(state.kv[:, 0], fr.decay[:, None, None], out=s0[:, 0])
     s0[:, 1] = state.kv[:, 2]
-    np.multiply(state.kv[:, 2], fr.mean_prev[:, None, None], out=s0[:, 2])
-    s0[:, 2] += state.kv[:, 1]
+    if track_g:
+        np.multiply(state.kv[:, 2], fr.mean_prev[:, None, None], out=s0[:, 2])
+        s0[:, 2] += state.kv[:, 1]
     # Step 6: chunk updates Kf_j^T V_j (one call for all chunks), running sums S_j, then
     # out = [P | Qf] @ [V ; S_j]; slot nc of y ends as the state after the block. Where
-    # level, G is left out of these and moved to the end of the block in one product.
+    # level, G is left out of these and moved to the end of the block in one product (or
+    # left out altogether where it is not kept).
     x, yv, kft, updates, running = buf.level if level else buf.full
     np.matmul(kft, buf.v, out=updates)
     for now, before in running:
         now += before
     np.matmul(x, yv, out=_chunked(out, nc, c))
-    if level:
+    if level and track_g:
         np.add(s0[:, 2], np.matmul(buf.kg, seq.v), out=buf.end[:, 2])
     # The state after the block, back in the reference frame (G about the new mean).
     end = buf.end
     kv = np.empty(end.shape, end.dtype)  # (b, 3, D, Dv), parts F, G, H
     kv[:, 0], kv[:, 2] = end[:, 0], end[:, 1]
-    np.multiply(end[:, 1], fr.mean[:, -1, None, None], out=kv[:, 1])
-    np.subtract(end[:, 2], kv[:, 1], out=kv[:, 1])
+    if track_g:
+        np.multiply(end[:, 1], fr.mean[:, -1, None, None], out=kv[:, 1])
+        np.subtract(end[:, 2], kv[:, 1], out=kv[:, 1])
+    else:
+        kv[:, 1] = 0.0
     mean_offset = fr.mean[:, -1] + (fr.ref - fr.top)  # sbar - M
     return State(state.length + length, fr.top, mean_offset, fr.normaliser[:, -1], kv,
                  state.key_sum)
@@ -659,7 +671,7 @@ class NumpyBackend:
             return (out, start) if return_state else out
         if causal:
             flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
-                                     track_keys=return_state or inp.logits is None)
+                                     return_state=return_state)
         else:
             flat, end = self._bidirectional(inp), None
         out = flat.reshape(*batch, n, dv).astype(inp.dtype, copy=False)
@@ -691,8 +703,13 @@ class NumpyBackend:
         if n > tail:
             yield tail, n, n - tail, n - tail
 
-    def _causal(self, inp: Any, start: State, *, track_keys: bool) -> tuple[np.ndarray, State]:
-        """Causal outputs (b, N, Dv) and the final state (b rows) of flattened inputs."""
+    def _causal(self, inp: Any, start: State, *,
+                return_state: bool) -> tuple[np.ndarray, State]:
+        """Causal outputs (b, N, Dv) and the final state (b rows) of flattened inputs.
+
+        Parts of the state that nothing reads are not kept unless it is returned: the key sum
+        (read by the default logits) and G (read where first != higher).
+        """
         b, n = math.prod(inp.batch), inp.n
         d, dv = inp.q.shape[-1], inp.v.shape[-1]
         q, k = inp.q.reshape(b, n, d), inp.k.reshape(b, n, d)
@@ -702,11 +719,14 @@ class NumpyBackend:
         out = np.empty((b, n, dv), inp.compute_dtype)
 
         def rows(g: slice) -> tuple[State, Counter]:
-            ws, paths, state = _Workspace(inp.compute_dtype, d, dv), Counter(), _take(start, g)
+            track_g = return_state or not np.array_equal(gates[0][g], gates[1][g])
+            ws = _Workspace(inp.compute_dtype, d, dv, track_g=track_g)
+            paths, state = Counter(), _take(start, g)
             s = _causal_logits(k[g], state) if logits is None else logits[g]
             seq = _Seq(q[g], k[g], v[g], s, *(x[g] for x in gates))
             for p0, p1, length, c in self._spans(n):
                 state = _blocks(ws, state, seq.span(p0, p1), length, c, out[g, p0:p1], paths)
+            track_keys = return_state or logits is None
             key_sum = start.key_sum[g] + np.sum(k[g], axis=1) if track_keys else state.key_sum
             return State(state.length, state.running_max, state.mean_offset, state.normaliser,
                          state.kv, key_sum), paths

@@ -98,6 +98,23 @@ def test_rows_on_different_paths_in_one_block(rng) -> None:
     assert SMALL.last_paths[REFERENCE] < 130  # row 1 returns to the fast path later
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_level_gates_leave_g_out_on_both_paths(rng, workers) -> None:
+    """first = higher at every step: G weighs in no output, so unless the state is returned
+    the backend does not keep it; rows on the reference's step read it with a zero slope.
+    """
+    case = draw_case(rng, 200, d=6, dv=5, batch=(4,))
+    case.gates["higher"] = case.gates["first"]  # per step, (4, 200)
+    case.logits[1, 120:] = rng.uniform(-1e3, 1e3, size=80)  # row 1 leaves the fast path
+    be = NumpyBackend(chunk_size=8, block_chunks=4, workers=workers)
+    _check(be, case, causal=True)
+    assert be.last_paths[FAST] > 0 and be.last_paths[REFERENCE] > 0, be.last_paths
+    _, state = be.attention(case.q, case.k, case.v, return_state=True, **case.kwargs)
+    _, expected = zeros_ref.attention(case.q, case.k, case.v, return_state=True, **case.kwargs)
+    scale = np.abs(expected.kv).max()
+    np.testing.assert_allclose(state.kv, expected.kv, rtol=0, atol=TIGHT * scale)
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_worker_threads_give_the_same_result(rng, workers) -> None:
     case = draw_case(rng, 200, d=6, dv=5, batch=(5,))
