@@ -107,6 +107,8 @@ REFERENCE = "reference"
 
 LOGITS_PIECE = 4096
 """Tokens per piece when computing the default logits (bounds their temporary memory)."""
+PREFIX_CHUNK = 64
+"""Tokens per chunk of the default logits' prefix sums of keys (one product each)."""
 
 
 def spread_limit(dtype: Any) -> float:
@@ -764,14 +766,35 @@ class NumpyBackend:
 def _causal_logits(k: np.ndarray, state: State) -> np.ndarray:
     """Default causal logits (ZS-LOG-DEFAULT) of k (b, N, D) after `state`, as (b, N).
 
-    The reference's `running_mean_logits`, piece by piece with the running key sum.
+    The reference's `running_mean_logits`: ``s_i = -<k_i, ubar_i> / sqrt(D)`` with
+    ``ubar_i = (key_sum + sum_{j<=i} k_j) / (1 + n + i)``. The prefix sums are formed piece by
+    piece (bounded memory), within chunks of C tokens as products with a lower-triangular
+    matrix of ones, and the chunks' totals carried; a last partial chunk takes
+    `running_mean_logits` itself.
     """
-    pieces, key_sum, n = [], state.key_sum, state.length
-    for p0 in range(0, k.shape[1], LOGITS_PIECE):
+    b, n, d = k.shape
+    c = PREFIX_CHUNK
+    ones = np.tri(c, dtype=k.dtype)  # (C, C)
+    s = np.empty((b, n), k.dtype)
+    key_sum, count = state.key_sum, state.length  # keys before the piece
+    for p0 in range(0, n, LOGITS_PIECE):
         piece = k[:, p0:p0 + LOGITS_PIECE]
-        pieces.append(running_mean_logits(np, piece, key_sum, 1.0 + n))
-        key_sum, n = key_sum + np.sum(piece, axis=1), n + piece.shape[1]
-    return np.concatenate(pieces, axis=1)
+        whole = piece.shape[1] // c * c
+        if whole:
+            sums = np.matmul(ones, _chunked(piece[:, :whole], whole // c, c))  # (b, nc, C, D)
+            totals = sums[:, :, -1]  # (b, nc, D)
+            sums += (np.cumsum(totals, axis=1) - totals + key_sum[:, None])[:, :, None]
+            sums = sums.reshape(b, whole, d)  # key_sum + sum_{j<=i} k_j
+            dots = np.einsum("bnd,bnd->bn", piece[:, :whole], sums)
+            weight = 1.0 + count + np.arange(1, whole + 1, dtype=k.dtype)  # 1 + n + i
+            s[:, p0:p0 + whole] = dots / (-math.sqrt(d) * weight)
+            key_sum, count = sums[:, -1], count + whole
+        if whole < piece.shape[1]:
+            rest = piece[:, whole:]
+            s[:, p0 + whole:p0 + piece.shape[1]] = running_mean_logits(np, rest, key_sum,
+                                                                       1.0 + count)
+            key_sum, count = key_sum + np.sum(rest, axis=1), count + rest.shape[1]
+    return s
 
 
 def _directions(x: np.ndarray, out: np.ndarray) -> None:

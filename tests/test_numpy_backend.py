@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_close, definition_scale, draw_case
 
 import zeros_ref
-from zeros_backends import bench
+from zeros_backends import bench, numpy_backend
 from zeros_backends.numpy_backend import FAST, REFERENCE, NumpyBackend, backend
 
 TIGHT = 1e-12
@@ -113,6 +113,22 @@ def test_level_gates_leave_g_out_on_both_paths(rng, workers) -> None:
     _, expected = zeros_ref.attention(case.q, case.k, case.v, return_state=True, **case.kwargs)
     scale = np.abs(expected.kv).max()
     np.testing.assert_allclose(state.kv, expected.kv, rtol=0, atol=TIGHT * scale)
+
+
+@pytest.mark.req("ZS-LOG-DEFAULT")
+@pytest.mark.parametrize("piece", [96, 128, 4096])
+def test_default_logits_in_pieces_and_chunks(rng, monkeypatch, piece) -> None:
+    """The backend's prefix sums (chunk products, carried totals, partial chunks, pieces)
+    give the reference's deviation logits, also after a prefix held in a state."""
+    monkeypatch.setattr(numpy_backend, "LOGITS_PIECE", piece)
+    k = rng.normal(size=(3, 300, 6))
+    whole = zeros_ref.deviation_logits(k)
+    _, state = zeros_ref.attention(k[:, :70], k[:, :70], k[:, :70], return_state=True)
+    start = zeros_ref.State.empty(np, (3,), 6, 6, dtype=k.dtype, device="cpu")
+    np.testing.assert_allclose(numpy_backend._causal_logits(k, start), whole,
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(numpy_backend._causal_logits(k[:, 70:], state), whole[:, 70:],
+                               rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
