@@ -54,7 +54,7 @@ path when
    direction zero, as in the reference;
 3. ``sum_j max|A_j| max|Bm_j| <= max / 8`` (max the largest finite number), a bound on
    every entry of ``A @ Bm`` (masked ones included), so nothing overflows; and every input
-   of the block is finite (a NaN fails a comparison; for v the largest |v| is tested).
+   of the block is finite (a NaN fails a comparison; for v their sum is tested).
 
 Weights that underflow have p < tiny^(3/8) and move outputs by less than that times the
 output scale. The b and c' terms are as exact as the reference's because s_ref and sbar_t
@@ -278,7 +278,9 @@ def _frames(state: State, seq: _Seq, length: int) -> _Frame:
     bound = np.sum(_max_abs(query) * _max_abs(key), axis=-1)
     ok &= bound <= np.finfo(dtype).max / 8
     ok &= blocks(q_ok).all(axis=-1) & blocks(k_ok).all(axis=-1)
-    ok &= np.isfinite(_max_abs(seq.v.reshape(b, nb, -1)))  # max and min keep a NaN
+    # Every v finite: their sum is finite if they are (one that overflows merely sends a
+    # finite block to the exact path).
+    ok &= np.isfinite(np.sum(seq.v.reshape(b, nb, -1), axis=-1))
     return _Frame(top, ref, decay, mean_prev, ok, level, normaliser, mean, query, key)
 
 
