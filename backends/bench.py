@@ -13,7 +13,9 @@ GEMM rate of the machine (a large NumPy matmul). From these it derives
   products alone (`product_rate`), timed at the form's own small shapes on all CPUs. No
   implementation that issues one BLAS product per chunk can beat it; the gap between the
   ceiling and the GEMM rate is the BLAS's, the gap below the ceiling is the backend's;
-- the time ratios backend / softmax and reference / backend;
+- the time ratios backend / softmax and reference / backend, and, for a backend with worker
+  threads (a ``workers`` attribute) on a machine with several CPUs, reference / backend on
+  one worker: the reference runs on one thread, so this ratio compares like with like;
 - the scaling ratios time(8N) / time(N) and peak memory(8N) / peak memory(N) (spec ZS-ON-TIME,
   ZS-ON-MEMORY; a linear method gives about 8, a quadratic one about 64);
 - the decode ratio time(long context) / time(short context) (ZS-ON-DECODE).
@@ -40,7 +42,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 
 import zeros_ref
+from zeros_backends._machine import cpus
 
 __all__ = [
     "CONFIGS",
@@ -176,7 +179,7 @@ def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
     form that multiplies chunk by chunk. Returns the best of `repeats`.
     """
     c, d, dv, dtype = chunk, shape.d, shape.dv, np.dtype(shape.dtype)
-    workers = max(1, min(workers or _cpus(), shape.bh))
+    workers = max(1, min(workers or cpus(), shape.bh))
     rows = -(-shape.bh // workers)  # rows of the busiest worker
     blocks = -(-shape.n // (c * block_chunks))
     rng = np.random.default_rng(0)
@@ -308,6 +311,17 @@ def _blas_threads(limit: int) -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=limit, user_api="blas")
 
 
+@contextlib.contextmanager
+def _one_worker(backend: Any) -> Iterator[None]:
+    """The backend limited to one worker thread (its `workers` attribute) for a while."""
+    workers = backend.workers
+    backend.workers = 1
+    try:
+        yield
+    finally:
+        backend.workers = workers
+
+
 def _chunk_size(backend: Any) -> int:
     return int(getattr(backend, "chunk_size", zeros_ref.DEFAULT_CHUNK_SIZE))
 
@@ -331,6 +345,9 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
 
     row = {**asdict(shape)}
     row["backend"] = timed(run, repeats)
+    if getattr(backend, "workers", 1) != 1 and cpus() > 1:
+        with _one_worker(backend):
+            row["backend_one_worker"] = timed(run, repeats)
     with _blas_threads(1):
         row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s, **gates),
                                  repeats)
@@ -379,18 +396,14 @@ def derive(rows: list[dict], gemm: float) -> None:
             row["product_share"] = row["flop_rate"] / row["product_flops"]
         row["vs_softmax"] = t / row["softmax"]["min"]
         row["reference_vs_backend"] = row["reference"]["min"] / t
+        if "backend_one_worker" in row:
+            row["reference_vs_one_worker"] = (row["reference"]["min"]
+                                              / row["backend_one_worker"]["min"])
         big = by_n.get(8 * row["n"])
         if big is not None:
             row["time_8n_ratio"] = big["backend"]["min"] / t
             if "peak_bytes" in row:
                 row["memory_8n_ratio"] = big["peak_bytes"] / max(row["peak_bytes"], 1)
-
-
-def _cpus() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _processor() -> str:
@@ -409,7 +422,7 @@ def machine(backend: Any) -> dict:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": _processor(),
-        "cpus": _cpus(),
+        "cpus": cpus(),
         "numpy": np.__version__,
         "backend": getattr(backend, "name", type(backend).__name__),
         "backend_workers": getattr(backend, "workers", None) or "auto",
@@ -451,9 +464,10 @@ def table(report: dict) -> str:
              f"{report['softmax']}"]
     head = (f"{'config':<19} {'N':>6} {report['backend']:>9} {'zeros_ref':>9} {'softmax':>9} "
             f"{'GFLOP/s':>8} {'%GEMM':>6} {'%prod':>6} {'/soft':>7} {'ref/be':>6} "
-            f"{'t8N/N':>6} {'peakMB':>8} {'m8N/N':>6}")
+            f"{'ref/1w':>6} {'t8N/N':>6} {'peakMB':>8} {'m8N/N':>6}")
     lines += ["times in ms (min over repeats); GFLOP/s on the chunked form's count; %prod: "
-              "share of the form's products timed alone; zeros_ref timed with 1 BLAS thread",
+              "share of the form's products timed alone; zeros_ref timed with 1 BLAS thread; "
+              "ref/1w: against the backend on one worker thread",
               head]
     for name, rows in report["configs"].items():
         for row in rows:
@@ -469,7 +483,7 @@ def table(report: dict) -> str:
                 f"{row['flop_rate'] / 1e9:8.1f} {100 * row['gemm_share']:5.1f}% "
                 f"{percent('product_share')} "
                 f"{row['vs_softmax']:7.4f} {row['reference_vs_backend']:6.2f} "
-                f"{opt('time_8n_ratio')} "
+                f"{opt('reference_vs_one_worker')} {opt('time_8n_ratio')} "
                 f"{row['peak_bytes'] / 2**20 if 'peak_bytes' in row else float('nan'):8.2f} "
                 f"{opt('memory_8n_ratio')}")
     decode = report["decode"]

@@ -83,7 +83,6 @@ import contextlib
 import functools
 import itertools
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +91,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from zeros_backends._machine import cpus
 from zeros_ref import State
 from zeros_ref._attention import check_call
 from zeros_ref._chunked import causal_step
@@ -539,13 +539,6 @@ def _single_threaded_blas() -> contextlib.AbstractContextManager:
     return controller.limit(limits=1, user_api="blas")
 
 
-def _cpus() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _row_groups(b: int, workers: int) -> list[slice]:
     """Contiguous row ranges, one per worker."""
     bounds = np.linspace(0, b, workers + 1).round().astype(int)
@@ -689,7 +682,7 @@ class NumpyBackend:
         """``fn`` on row groups of the b rows: one per worker for calls of at least two blocks'
         worth of row-tokens (with single-threaded BLAS), else one group as it comes."""
         big = b * n >= 2 * self.chunk_size * self.block_chunks
-        workers = self.workers or _cpus()
+        workers = self.workers or cpus()
         if not big or _blas_controller() is None:
             workers = 1
         groups = _row_groups(b, max(1, min(workers, b)))

@@ -19,6 +19,7 @@ from conftest import assert_close, definition_scale, draw_case
 
 import zeros_ref
 from zeros_backends import bench, numpy_backend
+from zeros_backends._machine import cpus
 from zeros_backends.numpy_backend import FAST, REFERENCE, NumpyBackend, backend
 
 TIGHT = 1e-12
@@ -275,11 +276,13 @@ def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
     small, large = report["configs"]["quick"]
     assert large["n"] == 8 * small["n"]
     for row in (small, large):
+        several = cpus() > 1  # then the backend is also timed on one worker
         for key in ("flop_rate", "gemm_share", "product_flops", "product_share", "vs_softmax",
-                    "reference_vs_backend"):
+                    "reference_vs_backend", *["reference_vs_one_worker"] * several):
             assert np.isfinite(row[key]) and row[key] > 0, key
-        for timing in ("backend", "reference", "softmax"):
+        for timing in ("backend", "reference", "softmax", *["backend_one_worker"] * several):
             assert 0 < row[timing]["min"] <= row[timing]["median"]
+    assert backend.workers is None  # the one-worker timing gave the setting back
     assert small["time_8n_ratio"] > 0 and small["memory_8n_ratio"] > 0
     assert report["decode"]["ratio"] > 0 and len(report["decode"]["times"]) == 2
     assert png.stat().st_size > 0
