@@ -25,8 +25,6 @@ MUST requirement gets no timings (exit status 1). Devices are synchronised throu
 backend's optional ``synchronize()`` after each timed call; peak memory comes from its
 optional ``memory_peak(fn)``, or from tracemalloc for NumPy arrays. Every timing is the
 minimum over repeats (the machine's noise only ever adds time); medians are kept in the JSON.
-The backend, the backend on one worker and the reference are timed in interleaved rounds, so
-that the ratios between them see the same state of the machine.
 
 Usage: ``zeros-bench [--backend numpy] [--config NAME] [--quick] [--json out.json]
 [--plot out.png]``.
@@ -107,39 +105,23 @@ DEFAULT_CONFIGS = ("bh8-n8192-d64", "bh8-n8192-d64-gates", "sweep-bh8-d64")
 # ---------------------------------------------------------------------------------------------
 
 
-def timed_together(fns: dict[str, Callable[[], Any]], repeats: int,
-                   budget_s: float = 20.0) -> dict[str, dict[str, float]]:
-    """Minimum and median seconds of each ``fn()`` over up to `repeats` rounds after a warm-up.
+def timed(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> dict[str, float]:
+    """Minimum and median seconds of ``fn()`` over up to `repeats` calls after a warm-up.
 
-    A round calls every function once, in turn, so that functions compared with each other
-    see the same state of a noisy machine. A function whose first call takes longer than
-    `budget_s` is not warmed up or repeated; rounds stop once the calls have taken `budget_s`
-    together.
+    A call longer than `budget_s` is not warmed up or repeated; repeats stop once the calls
+    have taken `budget_s` together.
     """
-    times: dict[str, list[float]] = {}
-    for name, fn in fns.items():
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = [first] if first > budget_s else []
+    spent = 0.0
+    while len(times) < repeats and (not times or spent < budget_s):
         start = time.perf_counter()
         fn()
-        first = time.perf_counter() - start
-        times[name] = [first] if first > budget_s else []
-    spent = 0.0
-    while True:
-        active = [name for name in fns if len(times[name]) < repeats
-                  and (not times[name] or spent < budget_s)]
-        if not active:
-            break
-        for name in active:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-            spent += times[name][-1]
-    return {name: {"min": min(t), "median": statistics.median(t), "repeats": len(t)}
-            for name, t in times.items()}
-
-
-def timed(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> dict[str, float]:
-    """`timed_together` for one function."""
-    return timed_together({"fn": fn}, repeats, budget_s)["fn"]
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return {"min": min(times), "median": statistics.median(times), "repeats": len(times)}
 
 
 def peak_memory(fn: Callable[[], Any]) -> int:
@@ -361,18 +343,14 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
         sync()
         return out
 
-    def one_worker() -> Any:
+    row = {**asdict(shape)}
+    row["backend"] = timed(run, repeats)
+    if getattr(backend, "workers", 1) != 1 and cpus() > 1:
         with _one_worker(backend):
-            return run()
-
-    def reference() -> Any:
-        with _blas_threads(1):
-            return zeros_ref.attention(q, k, v, logits=s, **gates)
-
-    fns = {"backend": run, "backend_one_worker": one_worker, "reference": reference}
-    if getattr(backend, "workers", 1) == 1 or cpus() == 1:
-        del fns["backend_one_worker"]
-    row = {**asdict(shape), **timed_together(fns, repeats, budget_s=60.0)}
+            row["backend_one_worker"] = timed(run, repeats)
+    with _blas_threads(1):
+        row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s, **gates),
+                                 repeats)
     row["softmax"] = timed(softmax(q, k, v), repeats, budget_s=10.0)
     memory = getattr(backend, "memory_peak", None)
     if callable(memory):

@@ -288,19 +288,6 @@ def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
     assert png.stat().st_size > 0
 
 
-def test_timed_together_interleaves_rounds() -> None:
-    """Functions compared with each other are called in turn: a warm-up round, then rounds
-    until `repeats`; a first call over the budget is neither warmed up nor repeated."""
-    calls: list[str] = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    result = bench.timed_together(fns, repeats=3)
-    assert calls == ["a", "b", "c"] * 4
-    assert all(r["repeats"] == 3 and 0 <= r["min"] <= r["median"] for r in result.values())
-    calls.clear()
-    result = bench.timed_together(fns, repeats=3, budget_s=0.0)
-    assert calls == ["a", "b", "c"] and {r["repeats"] for r in result.values()} == {1}
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
     """The ceiling times exactly the products `chunked_flops` counts: one matmul call per
