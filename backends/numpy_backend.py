@@ -719,12 +719,15 @@ class NumpyBackend:
             track_g = return_state or not np.array_equal(gates[0][g], gates[1][g])
             ws = _Workspace(inp.compute_dtype, d, dv, track_g=track_g)
             paths, state = Counter(), _take(start, g)
-            s = _causal_logits(k[g], state) if logits is None else logits[g]
+            if logits is None:
+                s, key_sum = _causal_logits(k[g], state)
+            else:
+                s, key_sum = logits[g], state.key_sum  # the sum is read only when returned
+                if return_state:
+                    key_sum = key_sum + np.sum(k[g], axis=1)
             seq = _Seq(q[g], k[g], v[g], s, *(x[g] for x in gates))
             for p0, p1, length, c in self._spans(n):
                 state = _blocks(ws, state, seq.span(p0, p1), length, c, out[g, p0:p1], paths)
-            track_keys = return_state or logits is None
-            key_sum = start.key_sum[g] + np.sum(k[g], axis=1) if track_keys else state.key_sum
             return State(state.length, state.running_max, state.mean_offset, state.normaliser,
                          state.kv, key_sum), paths
 
@@ -758,8 +761,9 @@ class NumpyBackend:
         return out
 
 
-def _causal_logits(k: np.ndarray, state: State) -> np.ndarray:
-    """Default causal logits (ZS-LOG-DEFAULT) of k (b, N, D) after `state`, as (b, N).
+def _causal_logits(k: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray]:
+    """Default causal logits (ZS-LOG-DEFAULT) of k (b, N, D) after `state`, as (b, N), and
+    the key sum after k, (b, D).
 
     The reference's `running_mean_logits`: ``s_i = -<k_i, ubar_i> / sqrt(D)`` with
     ``ubar_i = (key_sum + sum_{j<=i} k_j) / (1 + n + i)``. The prefix sums are formed piece by
@@ -789,7 +793,7 @@ def _causal_logits(k: np.ndarray, state: State) -> np.ndarray:
             s[:, p0 + whole:p0 + piece.shape[1]] = running_mean_logits(np, rest, key_sum,
                                                                        1.0 + count)
             key_sum, count = key_sum + np.sum(rest, axis=1), count + rest.shape[1]
-    return s
+    return s, key_sum
 
 
 def _directions(x: np.ndarray, out: np.ndarray) -> None:

@@ -126,10 +126,10 @@ def test_default_logits_in_pieces_and_chunks(rng, monkeypatch, piece) -> None:
     whole = zeros_ref.deviation_logits(k)
     _, state = zeros_ref.attention(k[:, :70], k[:, :70], k[:, :70], return_state=True)
     start = zeros_ref.State.empty(np, (3,), 6, 6, dtype=k.dtype, device="cpu")
-    np.testing.assert_allclose(numpy_backend._causal_logits(k, start), whole,
-                               rtol=0, atol=1e-12)
-    np.testing.assert_allclose(numpy_backend._causal_logits(k[:, 70:], state), whole[:, 70:],
-                               rtol=0, atol=1e-12)
+    for prefix, st in ((0, start), (70, state)):
+        logits, key_sum = numpy_backend._causal_logits(k[:, prefix:], st)
+        np.testing.assert_allclose(logits, whole[:, prefix:], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(key_sum, k.sum(axis=1), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
