@@ -273,12 +273,13 @@ def correctness_gate(backend: Any, target: str = "") -> list[str]:
     `target` is how the backend was named (registered name, module:attr or file.py:attr); the
     memory check needs it to load the backend in a subprocess.
     """
+    from zeros_conformance._guard import Limits
     from zeros_conformance._harness import Context
-    from zeros_conformance.runner import ERROR, FAILED
-    from zeros_conformance.runner import run as conformance_run
+    from zeros_conformance.session import run as conformance_run
+    from zeros_conformance.status import NOT_CONFORMING
 
-    outcomes = conformance_run(Context(backend, target=target, profile="quick"))
-    return [o.explain() for o in outcomes if o.required and o.status in (FAILED, ERROR)]
+    outcomes = conformance_run(Context(backend, target=target, profile="quick"), limits=Limits())
+    return [o.explain() for o in outcomes if o.required and o.status in NOT_CONFORMING]
 
 
 # ---------------------------------------------------------------------------------------------

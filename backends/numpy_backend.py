@@ -728,8 +728,10 @@ class NumpyBackend:
             seq = _Seq(q[g], k[g], v[g], s, *(x[g] for x in gates))
             for p0, p1, length, c in self._spans(n):
                 state = _blocks(ws, state, seq.span(p0, p1), length, c, out[g, p0:p1], paths)
-            return State(state.length, state.running_max, state.mean_offset, state.normaliser,
-                         state.kv, key_sum), paths
+            # Copies: the blocks' fields are views of per-call buffers whose size grows with
+            # N, which a returned state must not keep alive (ZS-ON-STATE).
+            return State(state.length, state.running_max.copy(), state.mean_offset.copy(),
+                         state.normaliser.copy(), state.kv.copy(), key_sum.copy()), paths
 
         groups, results = self._run(rows, b, n)
         self.last_paths = sum((p for _, p in results), Counter())

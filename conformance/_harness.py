@@ -62,9 +62,22 @@ class Measurement:
                    passed=result.passed)
 
 
+def _argument(value: Any) -> Any:
+    """How a call's argument appears in a reproduction record."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{value.dtype} array {list(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return type(value).__name__
+
+
 @dataclass
 class Context:
-    """One conformance run: the backend, what it claims, the profile and the seed."""
+    """One conformance run: the backend, what it claims, the profile and the seed.
+
+    `target` is how the backend was named (registry name, ``module:attr`` or ``file.py:attr``);
+    checks that grow with N run in a child process that loads it again from there.
+    """
 
     backend: Any
     target: str
@@ -72,10 +85,19 @@ class Context:
     seed: int = 0
     dtypes: tuple[str, ...] = ()
     features: frozenset[str] = field(default_factory=frozenset)
+    last_call: dict[str, Any] = field(default_factory=dict)
+    """The arguments of the latest `attention` call, reported when a backend raises."""
 
     def __post_init__(self) -> None:
         self.dtypes = self.dtypes or usable_dtypes(self.backend)
         self.features = self.features or claimed_features(self.backend)
+
+    def attention(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
+        """The backend's `attention`, remembering the call's shapes, dtypes and options."""
+        arguments = {"q": q, "k": k, "v": v, **options}
+        self.last_call = {"seed": self.seed,
+                          **{name: _argument(value) for name, value in arguments.items()}}
+        return self.backend.attention(q, k, v, **options)
 
     @property
     def quick(self) -> bool:
@@ -101,16 +123,18 @@ class Context:
 class Check:
     requirement: str
     function: Callable[[Context], Iterable[Measurement]]
+    grows: bool = False
+    """Its inputs grow past ~1e4 tokens: it runs guarded (a child process with limits)."""
 
 
 CHECKS: list[Check] = []
 
 
-def check(requirement: str) -> Callable:
-    """Register a check function for a requirement ID."""
+def check(requirement: str, *, grows: bool = False) -> Callable:
+    """Register a check function for a requirement ID (`grows`: see `Check.grows`)."""
 
     def register(function: Callable[[Context], Iterable[Measurement]]) -> Callable:
-        CHECKS.append(Check(requirement, function))
+        CHECKS.append(Check(requirement, function, grows))
         return function
 
     return register
@@ -181,7 +205,7 @@ def run_backend(ctx: Context, inputs: dict[str, Any], dtype: str, **options: Any
         for name, value in inputs.items()
     }
     q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
-    return b.attention(q, k, v, **args, **options)
+    return ctx.attention(q, k, v, **args, **options)
 
 
 def as_numpy(ctx: Context, x: Any) -> np.ndarray:

@@ -1,7 +1,9 @@
 """``zeros-conformance``: run the suite on a backend, list backends and requirements.
 
 Exit status of ``run``: 0 when every MUST requirement of the claimed features passes, 1 when
-any fails, 2 when the backend cannot be loaded or the arguments are wrong.
+any fails, 2 when the backend cannot be loaded or the arguments are wrong. The JSON report is
+rewritten before every requirement, so a run that dies leaves the outcomes so far and the
+requirement that was running.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import golden, registry
+from ._guard import GIB, Limits
 from ._harness import Context
 from .protocol import DTYPES, usable_dtypes
 from .report import markdown, summary_table, to_json
-from .requirements import load_requirements
-from .runner import Outcome, exit_code, run
+from .requirements import Requirement, load_requirements
+from .runner import Outcome, exit_code
+from .session import run
+from .status import BLOCKED, NOT_APPLICABLE, NOT_CLAIMED, NOT_CONFORMING, PASSED
 
 __all__ = ["main"]
 
@@ -37,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     go.add_argument("--seed", type=int, default=0, help="seed of every drawn case (default 0)")
     go.add_argument("--only", action="append", metavar="ID",
                     help="check only these requirement IDs (repeatable)")
+    default = Limits()
+    go.add_argument("--memory-limit", type=float, metavar="GIB",
+                    default=default.memory_bytes / GIB,
+                    help="memory cap of each check that grows with N, in GiB (default "
+                         "%(default).3g: 8, or half the available memory if less)")
+    go.add_argument("--time-limit", type=float, metavar="SECONDS", default=default.seconds,
+                    help="wall-clock limit of each check that grows with N (default %(default)g)")
     sub.add_parser("list", help="list the registered backends")
     sub.add_parser("requirements", help="list the requirement IDs of the spec")
     gold = sub.add_parser("golden", help="verify or regenerate the golden files")
@@ -45,11 +57,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(number: int, total: int, item: object) -> None:
-    if isinstance(item, Outcome):
-        print(f" {item.status} ({item.seconds:.1f} s)", file=sys.stderr, flush=True)
-    else:
-        print(f"[{number:2d}/{total}] {item.id:22s}", end="", file=sys.stderr, flush=True)
+class _Progress:
+    """Prints each requirement as it runs, and rewrites the JSON report before each one."""
+
+    def __init__(self, ctx: Context, report: Path | None) -> None:
+        self.ctx, self.report = ctx, report
+        self.outcomes: list[Outcome] = []
+        self.start = time.perf_counter()
+
+    def write(self, running: str | None) -> None:
+        if self.report is None:
+            return
+        seconds = time.perf_counter() - self.start
+        partial = self.report.with_name(self.report.name + ".part")
+        partial.write_text(json.dumps(to_json(self.ctx, self.outcomes, seconds, running=running),
+                                      indent=2) + "\n")
+        partial.replace(self.report)
+
+    def __call__(self, number: int, total: int, item: Outcome | Requirement) -> None:
+        if isinstance(item, Outcome):
+            self.outcomes.append(item)
+            print(f" {item.status} ({item.seconds:.1f} s)", file=sys.stderr, flush=True)
+        else:
+            self.write(running=item.id)
+            print(f"[{number:2d}/{total}] {item.id:22s}", end="", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -72,25 +103,31 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     unknown = sorted(set(args.only or ()) - known)
     if unknown:
         parser.error(f"--only: unknown requirement IDs {unknown}")
+    if args.memory_limit <= 0 or args.time_limit <= 0:
+        parser.error("--memory-limit and --time-limit must be positive")
+    limits = Limits(int(args.memory_limit * GIB), args.time_limit)
     ctx = Context(backend, target=args.backend, profile="quick" if args.quick else "full",
                   seed=args.seed, dtypes=chosen)
     print(f"zeros-conformance: backend {args.backend} ({getattr(backend, 'name', '?')}), "
           f"dtypes {', '.join(chosen)}, features {', '.join(sorted(ctx.features))}, "
-          f"profile {ctx.profile}, seed {ctx.seed}", file=sys.stderr)
-    start = time.perf_counter()
-    outcomes = run(ctx, only=args.only or (), progress=_progress)
-    seconds = time.perf_counter() - start
+          f"profile {ctx.profile}, seed {ctx.seed}; checks that grow with N run in a child "
+          f"process capped at {limits.describe()}", file=sys.stderr)
+    progress = _Progress(ctx, args.report)
+    outcomes = run(ctx, only=args.only or (), limits=limits, progress=progress)
+    seconds = time.perf_counter() - progress.start
     print(summary_table(outcomes))
     for o in outcomes:
-        if o.status in ("failed", "error"):
+        if o.status in NOT_CONFORMING:
             print("\n" + o.explain())
     code = exit_code(outcomes)
-    print(f"\n{sum(o.status == 'passed' for o in outcomes)} passed, "
-          f"{sum(o.status in ('failed', 'error') for o in outcomes)} failed, "
-          f"{sum(o.status.startswith('not') for o in outcomes)} not claimed or not applicable "
-          f"in {seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
-    if args.report:
-        args.report.write_text(json.dumps(to_json(ctx, outcomes, seconds), indent=2) + "\n")
+
+    def count(*statuses: str) -> int:
+        return sum(o.status in statuses for o in outcomes)
+
+    print(f"\n{count(PASSED)} passed, {count(*NOT_CONFORMING) - count(BLOCKED)} failed, "
+          f"{count(BLOCKED)} blocked, {count(NOT_CLAIMED, NOT_APPLICABLE)} not claimed or not "
+          f"applicable in {seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
+    progress.write(running=None)
     if args.markdown:
         args.markdown.write_text(markdown(ctx, outcomes, seconds))
     return code

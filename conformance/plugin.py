@@ -2,7 +2,8 @@
 
 Each requirement becomes one test, ``test_requirement[ZS-...]``. Unclaimed features and
 not-applicable requirements are skipped with the reason; a failed SHOULD requirement is
-reported as xfail, a failed MUST requirement fails.
+reported as xfail, a failed (or blocked) MUST requirement fails. Checks that grow with N run
+in a child process with the limits of ``zeros-conformance run``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--zeros-profile", choices=("quick", "full"), default="quick",
                     help="conformance profile (default quick)")
     group.addoption("--zeros-seed", type=int, default=0, help="seed of the drawn cases")
+    group.addoption("--zeros-memory-limit", type=float, metavar="GIB",
+                    help="memory cap of each check that grows with N (default: 8 GiB, or half "
+                         "the available memory if less)")
+    group.addoption("--zeros-time-limit", type=float, metavar="SECONDS",
+                    help="wall-clock limit of each check that grows with N (default 600)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,6 +14,7 @@ import zeros_ref
 from ._harness import Context, Measurement
 from .requirements import spec_version
 from .runner import Outcome, exit_code
+from .status import NOT_CONFORMING
 
 __all__ = ["machine_line", "markdown", "summary_table", "to_json"]
 
@@ -52,8 +53,14 @@ def _worst(o: Outcome) -> str:
     return f"{w.value:.3g} / {w.limit:.3g} ({w.quantity})"
 
 
-def to_json(ctx: Context, outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
-    """The report of spec section 10: versions, backend, machine and every requirement."""
+def to_json(
+    ctx: Context, outcomes: list[Outcome], seconds: float, *, running: str | None = None
+) -> dict[str, Any]:
+    """The report of spec section 10: versions, backend, machine and every requirement.
+
+    A report written while the run goes on names the requirement `running` and has
+    ``complete: false``; if the process dies, that is what it leaves.
+    """
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -69,6 +76,8 @@ def to_json(ctx: Context, outcomes: list[Outcome], seconds: float) -> dict[str, 
         "seed": ctx.seed,
         "machine": machine_line(),
         "seconds": round(seconds, 3),
+        "complete": running is None,
+        "running": running,
         "exit_code": exit_code(outcomes),
         "summary": counts,
         "requirements": [
@@ -107,7 +116,7 @@ def markdown(ctx: Context, outcomes: list[Outcome], seconds: float) -> str:
              "| ID | level | status | worst / limit | title |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {o.requirement.id} | {o.requirement.level} | {o.status} | {_worst(o)} | "
               f"{o.requirement.title} |" for o in outcomes]
-    failing = [o for o in outcomes if o.status in ("failed", "error")]
+    failing = [o for o in outcomes if o.status in NOT_CONFORMING]
     if failing:
         lines += ["", "## Failures", ""]
         lines += ["```\n" + o.explain() + "\n```" for o in failing]

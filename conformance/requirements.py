@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["Requirement", "load_requirements", "spec_path"]
+__all__ = ["Requirement", "load_requirements", "requirement", "spec_path"]
 
 SPEC_FILE = "zeros-spec.md"
 _HEADING = re.compile(r"^#### (ZS-[A-Z0-9-]+): (.+)$")
@@ -69,6 +69,14 @@ def parse(text: str) -> tuple[Requirement, ...]:
 def load_requirements() -> tuple[Requirement, ...]:
     """All requirements of the shipped spec."""
     return parse(spec_path().read_text(encoding="utf-8"))
+
+
+def requirement(requirement_id: str) -> Requirement:
+    """The requirement with this ID; `KeyError` naming it when the spec has none."""
+    for found in load_requirements():
+        if found.id == requirement_id:
+            return found
+    raise KeyError(f"the spec has no requirement {requirement_id!r}")
 
 
 def spec_version() -> str:

@@ -1,20 +1,19 @@
-"""Running the checks of every requirement against one backend, and the outcome per ID."""
+"""Running the checks of one requirement in this process, and the outcome per ID."""
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from . import checks  # noqa: F401  (registers the checks)
 from ._harness import CHECKS, Context, Measurement, NotApplicable
-from .requirements import Requirement, load_requirements
+from .requirements import Requirement, requirement
+from .status import ERROR, FAILED, NOT_APPLICABLE, NOT_CLAIMED, NOT_CONFORMING, PASSED
 
-__all__ = ["Outcome", "run", "run_requirement"]
-
-PASSED, FAILED, ERROR = "passed", "failed", "error"
-NOT_CLAIMED, NOT_APPLICABLE = "not claimed", "not applicable"
+__all__ = ["Outcome", "exit_code", "grows", "run_requirement"]
 
 
 @dataclass
@@ -57,9 +56,39 @@ class Outcome:
             lines.append(f"case: {bad.case}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything of the outcome, for a parent process (`from_dict` inverts it)."""
+        return {"id": self.requirement.id, "status": self.status, "seconds": self.seconds,
+                "message": self.message, "measurements": [asdict(m) for m in self.measurements]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        return cls(requirement(data["id"]), data["status"],
+                   [Measurement(**m) for m in data["measurements"]], data["seconds"],
+                   data["message"])
+
+
+def grows(requirement_id: str) -> bool:
+    """Whether a check of the requirement grows with N (`check(..., grows=True)`)."""
+    return any(c.grows for c in CHECKS if c.requirement == requirement_id)
+
+
+def _raised(ctx: Context, exc: BaseException) -> Measurement:
+    """The measurement of a backend (or check) that raised: type, message and the last call."""
+    where = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    if isinstance(exc, MemoryError):
+        return Measurement(math.inf, 0.0, dict(ctx.last_call), quantity="memory",
+                           message=f"ran out of memory ({where})", passed=False)
+    return Measurement(math.inf, 0.0, dict(ctx.last_call), quantity="exception",
+                       message=f"raised {where}", passed=False)
+
 
 def run_requirement(ctx: Context, requirement: Requirement) -> Outcome:
-    """Run every check registered for `requirement`."""
+    """Run every check registered for `requirement` in this process.
+
+    A check that raises ends the requirement: `MemoryError` is a failure, anything else an
+    error. Either is reported with the exception and the arguments of the backend's last call.
+    """
     if requirement.feature not in ctx.features:
         return Outcome(requirement, NOT_CLAIMED, message=f"feature {requirement.feature!r}")
     functions = [c.function for c in CHECKS if c.requirement == requirement.id]
@@ -67,6 +96,7 @@ def run_requirement(ctx: Context, requirement: Requirement) -> Outcome:
         return Outcome(requirement, ERROR, message="no check is registered for this ID")
     start = time.perf_counter()
     measurements: list[Measurement] = []
+    ctx.last_call = {}
     try:
         for function in functions:
             for measurement in function(ctx):
@@ -75,33 +105,15 @@ def run_requirement(ctx: Context, requirement: Requirement) -> Outcome:
         return Outcome(requirement, NOT_APPLICABLE, measurements,
                        time.perf_counter() - start, str(why))
     except Exception as exc:
-        where = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return Outcome(requirement, ERROR, measurements, time.perf_counter() - start,
-                       f"check raised {where} (seed {ctx.seed})")
+        raised = _raised(ctx, exc)
+        status = FAILED if raised.quantity == "memory" else ERROR
+        return Outcome(requirement, status, [*measurements, raised],
+                       time.perf_counter() - start, f"the check {raised.message}")
     failed = any(not m.passed for m in measurements)
     return Outcome(requirement, FAILED if failed else PASSED, measurements,
                    time.perf_counter() - start)
 
 
-def run(
-    ctx: Context,
-    *,
-    only: Iterable[str] = (),
-    progress: Callable[[int, int, Outcome | Requirement], None] | None = None,
-) -> list[Outcome]:
-    """Outcomes of all requirements (or of those in `only`), in spec order."""
-    wanted = set(only)
-    requirements = [r for r in load_requirements() if not wanted or r.id in wanted]
-    outcomes = []
-    for number, requirement in enumerate(requirements, 1):
-        if progress:
-            progress(number, len(requirements), requirement)
-        outcomes.append(run_requirement(ctx, requirement))
-        if progress:
-            progress(number, len(requirements), outcomes[-1])
-    return outcomes
-
-
 def exit_code(outcomes: list[Outcome]) -> int:
     """0 when every MUST requirement of the claimed features passed, else 1."""
-    return int(any(o.required and o.status in (FAILED, ERROR) for o in outcomes))
+    return int(any(o.required and o.status in NOT_CONFORMING for o in outcomes))

@@ -5,29 +5,37 @@ from __future__ import annotations
 import pytest
 
 from zeros_conformance import registry
+from zeros_conformance._guard import GIB, Limits
 from zeros_conformance._harness import Context
 from zeros_conformance.requirements import load_requirements
-from zeros_conformance.runner import FAILED, PASSED, run_requirement
+from zeros_conformance.session import Session
+from zeros_conformance.status import NOT_CONFORMING, PASSED
 
 
 @pytest.fixture(scope="session")
-def zeros_context(request: pytest.FixtureRequest) -> Context:
-    target = request.config.getoption("--zeros-backend")
+def zeros_session(request: pytest.FixtureRequest) -> Session:
+    option = request.config.getoption
+    target = option("--zeros-backend")
     try:
         backend = registry.load(target)
     except registry.BackendLoadError as exc:
         pytest.exit(f"cannot load ZeroS backend: {exc}", returncode=2)
-    return Context(backend, target=target, profile=request.config.getoption("--zeros-profile"),
-                   seed=request.config.getoption("--zeros-seed"))
+    ctx = Context(backend, target=target, profile=option("--zeros-profile"),
+                  seed=option("--zeros-seed"))
+    default = Limits()
+    memory = option("--zeros-memory-limit")
+    limits = Limits(default.memory_bytes if memory is None else int(memory * GIB),
+                    option("--zeros-time-limit") or default.seconds)
+    return Session(ctx, limits)
 
 
 @pytest.mark.parametrize("requirement", load_requirements(), ids=lambda r: r.id)
-def test_requirement(requirement, zeros_context: Context) -> None:
-    outcome = run_requirement(zeros_context, requirement)
+def test_requirement(requirement, zeros_session: Session) -> None:
+    outcome = zeros_session.outcome(requirement)
     if outcome.status == PASSED:
         return
-    if outcome.status not in (FAILED, "error"):
+    if outcome.status not in NOT_CONFORMING:
         pytest.skip(f"{requirement.id} {outcome.status}: {outcome.message}")
     if not outcome.required:
-        pytest.xfail(f"SHOULD requirement failed:\n{outcome.explain()}")
+        pytest.xfail(f"SHOULD requirement {outcome.status}:\n{outcome.explain()}")
     pytest.fail(outcome.explain(), pytrace=False)

@@ -52,6 +52,9 @@ BROKEN = [
     ("nan_on_zero_vectors", "ZS-DEF-COSINE"),
     ("forgetful_state", "ZS-STREAM-PIECES"),
     ("forgetful_state", "ZS-STREAM-DECODE"),
+    ("cumulative_sums", "ZS-ON-MEMORY"),
+    ("history_state", "ZS-ON-DECODE"),
+    ("history_state", "ZS-ON-STATE"),
 ]
 
 
@@ -72,6 +75,41 @@ def test_a_correct_twin_of_each_mutant_passes_the_same_checks(tmp_path: Path) ->
     assert code == 0, statuses(report)
 
 
+@pytest.mark.parametrize(("mutant", "failing"), [
+    ("cumulative_sums", {"ZS-ON-MEMORY"}),
+    ("history_state", {"ZS-ON-DECODE", "ZS-ON-STATE"}),
+])
+def test_a_mutant_of_complexity_passes_everything_else(
+    tmp_path: Path, mutant: str, failing: set[str]
+) -> None:
+    """Their outputs are right: only the complexity requirements planted wrong may fail."""
+    extra = [arg for r in ALL_IDS if r not in failing for arg in ("--only", r)]
+    code, report = run(tmp_path, f"{BACKENDS / 'broken.py'}:{mutant}", *extra)
+    assert code == 0, statuses(report)
+
+
+def test_a_kernel_that_spreads_nan_of_v_within_a_chunk_conforms(tmp_path: Path) -> None:
+    """`where(mask, W, 0) @ V` leaks a non-finite v_i into rows t < i of its chunk: that fails
+    the SHOULD of ZS-ERR-NONFINITE-V only, and q, k, logits and gates still must not leak."""
+    code, report = run(tmp_path, f"{BACKENDS / 'broken.py'}:spreads_v_nan",
+                       "--only", "ZS-ERR-NONFINITE", "--only", "ZS-ERR-NONFINITE-V")
+    assert statuses(report) == {"ZS-ERR-NONFINITE": "passed", "ZS-ERR-NONFINITE-V": "failed"}
+    assert code == 0
+
+
+def test_an_exception_is_reported_with_its_case_and_the_run_goes_on(tmp_path: Path) -> None:
+    code, report = run(tmp_path, f"{BACKENDS / 'broken.py'}:raises_bidirectional",
+                       "--only", "ZS-DEF-ZEROSUM", "--only", "ZS-DEF-CAUSAL")
+    assert code == 1
+    zerosum, causal = report["requirements"]
+    assert (zerosum["status"], causal["status"]) == ("error", "passed")
+    failure = zerosum["failure"]
+    assert failure["message"] == "raised RuntimeError: kernel launch failed"
+    assert failure["case"]["causal"] is False
+    assert failure["case"]["q"] == "float32 array [2, 50, 4]"
+    assert failure["case"]["seed"] == 0
+
+
 def test_report_has_what_reproduces_a_run(tmp_path: Path) -> None:
     markdown = tmp_path / "report.md"
     code, report = run(tmp_path, "reference", "--seed", "7", "--markdown", str(markdown),
@@ -80,6 +118,7 @@ def test_report_has_what_reproduces_a_run(tmp_path: Path) -> None:
     for key in ("suite_version", "spec_version", "backend", "machine", "seed", "profile"):
         assert report[key] not in (None, ""), key
     assert report["seed"] == 7
+    assert (report["complete"], report["running"]) == (True, None)
     assert report["backend"]["dtypes"] == ["float16", "float32", "float64"]
     zerosum, grad = report["requirements"]
     assert zerosum["status"] == "passed" and zerosum["measured"]
@@ -128,9 +167,11 @@ def test_pytest_plugin_fails_a_broken_backend(pytester: pytest.Pytester) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(10))
-def test_full_runs_are_not_flaky(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize("seed", range(1, 6))
+@pytest.mark.parametrize("backend", ["reference", "numpy", "torch"])
+def test_full_runs_are_not_flaky(tmp_path: Path, backend: str, seed: int) -> None:
+    if backend == "torch":
+        pytest.importorskip("torch", reason="the torch backend needs torch")
     report = tmp_path / "full.json"
-    code = cli.main(["run", "--backend", "reference", "--seed", str(seed), "--report",
-                     str(report)])
+    code = cli.main(["run", "--backend", backend, "--seed", str(seed), "--report", str(report)])
     assert code == 0, statuses(json.loads(report.read_text()))

@@ -42,3 +42,11 @@ def test_example_backend_conforms(tmp_path: Path) -> None:
     path = tmp_path / "my_backend.py"
     path.write_text(example)
     assert cli.main(["run", "--backend", f"{path}:backend", "--quick"]) == 0
+
+
+def test_requirements_table_is_the_specs() -> None:
+    from zeros_conformance.requirements import load_requirements
+
+    rows = re.findall(r"^\| (ZS-[A-Z0-9-]+) \| (MUST|SHOULD) \| ([a-z_]+) \| (.+) \|$", README,
+                      re.M)
+    assert rows == [(r.id, r.level, r.feature, r.title) for r in load_requirements()]

@@ -132,7 +132,7 @@ def test_streaming_in_each_library(xp: Any, rng: np.random.Generator) -> None:
                                atol=1e-13)
 
 
-@pytest.mark.req("ZS-ERR-NONFINITE")
+@pytest.mark.req("ZS-ERR-NONFINITE", "ZS-ERR-NONFINITE-V")
 @pytest.mark.parametrize("target", ["v", "k", "logits"])
 def test_nonfinite_stays_in_the_future_in_each_library(
     xp: Any, rng: np.random.Generator, target: str

@@ -246,7 +246,7 @@ def _poison(case: Case, target: str, i: int, value: float) -> Case:
     return c
 
 
-@pytest.mark.req("ZS-ERR-NONFINITE", "ZS-DEF-CAUSAL")
+@pytest.mark.req("ZS-ERR-NONFINITE", "ZS-ERR-NONFINITE-V", "ZS-DEF-CAUSAL")
 @pytest.mark.parametrize("chunk_size", [4, 5, 64])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("target", NONFINITE_TARGETS)

@@ -32,7 +32,7 @@ def output_is_of_the_input_kind(ctx: Context) -> Iterator[Measurement]:
             case = {"dtype": dtype, "causal": causal, "q": [2, 1, 9, 4], "k": [1, 3, 9, 4],
                     "v": [3, 9, 5], "logits": [9]}
             try:
-                out = b.attention(q, k, v, logits=s, causal=causal)
+                out = ctx.attention(q, k, v, logits=s, causal=causal)
             except Exception as exc:
                 yield Measurement(1.0, 0.0, case, quantity="failure", message=repr(exc))
                 continue

@@ -25,7 +25,7 @@ def _call(ctx: Context, dtype: str, **arrays: np.ndarray | float):
     b = ctx.backend
     args = {n: b.from_numpy(x, dtype) if isinstance(x, np.ndarray) else x
             for n, x in arrays.items()}
-    return lambda: b.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+    return lambda: ctx.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
 @check("ZS-ERR-SHAPE")
@@ -57,11 +57,11 @@ def dtype_errors_name_the_argument(ctx: Context) -> Iterator[Measurement]:
     b = ctx.backend
     q, k, v = (b.from_numpy(x[n], dtype) for n in ("q", "k", "v"))
     for name, value in (("first", True), ("zero", "0.5")):
-        yield raises(lambda n=name, g=value: b.attention(q, k, v, **{n: g}), (TypeError,),
+        yield raises(lambda n=name, g=value: ctx.attention(q, k, v, **{n: g}), (TypeError,),
                      name, {"bad": f"{name}={value!r}"})
     for other in ctx.dtypes[:-1]:
         mixed = b.from_numpy(x["v"], other)
-        yield raises(lambda m=mixed: b.attention(q, k, m), (TypeError,), "v",
+        yield raises(lambda m=mixed: ctx.attention(q, k, m), (TypeError,), "v",
                      {"bad": f"v in {other}, q and k in {dtype}"})
 
 
@@ -83,17 +83,17 @@ def empty_sequences(ctx: Context) -> Iterator[Measurement]:
                               message=f"shape {tuple(out.shape)}, dtype {out.dtype}")
 
 
-@check("ZS-ERR-NONFINITE")
-def nonfinite_values_stay_in_the_future(ctx: Context) -> Iterator[Measurement]:
-    """NaN or inf at position i (mid-chunk for any chunk length) leaves out[:i] unchanged up to
-    rounding (a leak gives NaN there, far outside any tolerance)."""
-    rng = ctx.rng("nonfinite")
+def _poisoned_positions(ctx: Context, salt: str, names: tuple[str, ...]) -> Iterator[Measurement]:
+    """NaN or inf at position i of each input in `names` (mid-chunk for any chunk length)
+    leaves out[:i] unchanged up to rounding (a leak gives NaN there, far outside any
+    tolerance)."""
+    rng = ctx.rng(salt)
     n, i = 100, 37
     for dtype in ctx.dtypes:
         clean = random_inputs(rng, (2,), n, 5, 4)
         base = as_numpy(ctx, run_backend(ctx, clean, dtype, causal=True))
         scale = scale_of(clean, causal=True)[..., :i]
-        for name in ("v", "k", "q", "logits", "first", "higher", "zero"):
+        for name in names:
             for bad in (np.nan, np.inf):
                 poisoned = {key: np.copy(value) for key, value in clean.items()}
                 if name in ("q", "k", "v"):
@@ -109,3 +109,16 @@ def nonfinite_values_stay_in_the_future(ctx: Context) -> Iterator[Measurement]:
                     continue
                 result = compare(out[..., :i, :], base[..., :i, :], scale, TOLERANCE[dtype])
                 yield Measurement.of(result, case)
+
+
+@check("ZS-ERR-NONFINITE")
+def nonfinite_weights_stay_in_the_future(ctx: Context) -> Iterator[Measurement]:
+    """What enters the weights: q, k, the logits and the gates."""
+    yield from _poisoned_positions(ctx, "nonfinite", ("k", "q", "logits", "first", "higher",
+                                                      "zero"))
+
+
+@check("ZS-ERR-NONFINITE-V")
+def nonfinite_values_stay_in_the_future(ctx: Context) -> Iterator[Measurement]:
+    """What enters through the product with the weights: v."""
+    yield from _poisoned_positions(ctx, "nonfinite-v", ("v",))

@@ -44,7 +44,7 @@ def logits_far_from_zero(ctx: Context) -> Iterator[Measurement]:
                                 offset=offset)
 
 
-@check("ZS-STAB-LONG")
+@check("ZS-STAB-LONG", grows=True)
 def long_sequences(ctx: Context) -> Iterator[Measurement]:
     """float32 (or the most precise claimed dtype below it) over 2^14 or 1e5 tokens."""
     dtype = "float32" if "float32" in ctx.dtypes else ctx.precise_dtype()

@@ -43,7 +43,7 @@ def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) 
             for name, value in _piece(inputs, a, z).items()
         }
         q, k, v = piece.pop("q"), piece.pop("k"), piece.pop("v")
-        out, state = b.attention(q, k, v, **piece, causal=True, state=state, return_state=True)
+        out, state = ctx.attention(q, k, v, **piece, causal=True, state=state, return_state=True)
         outputs.append(as_numpy(ctx, out))
     return np.concatenate(outputs, axis=-2)
 
@@ -99,14 +99,14 @@ def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
         return tuple(b.from_numpy(x[n], dtype) for n in ("q", "k", "v", "logits"))
 
     q, k, v, s = arrays((2,), 4, 3)
-    _, state = b.attention(q, k, v, logits=s, return_state=True)
+    _, state = ctx.attention(q, k, v, logits=s, return_state=True)
     errors = (ValueError, TypeError)
     for label, shape in (("leading axes", ((3,), 4, 3)), ("D", ((2,), 5, 3)),
                          ("Dv", ((2,), 4, 2))):
         other = arrays(*shape)
-        yield raises(lambda o=other: b.attention(*o[:3], logits=o[3], state=state), errors,
+        yield raises(lambda o=other: ctx.attention(*o[:3], logits=o[3], state=state), errors,
                      "state", {"state from": "(2,), D=4, Dv=3", "other": label})
-    yield raises(lambda: b.attention(q, k, v, logits=s, causal=False, state=state),
+    yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, state=state),
                  (ValueError,), "state", {"causal": False, "state": "given"})
-    yield raises(lambda: b.attention(q, k, v, logits=s, causal=False, return_state=True),
+    yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, return_state=True),
                  (ValueError,), "return_state", {"causal": False, "return_state": True})

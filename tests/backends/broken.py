@@ -14,10 +14,21 @@ corrupted), so that exactly that mistake is what differs from a correct backend.
 | wrong_dtype | returns float64 whatever the input | ZS-DTYPE-OUTPUT |
 | nan_on_zero_vectors | divides by |q| and |k| unguarded | ZS-STAB-DEGENERATE |
 | forgetful_state | the state forgets how many tokens it has seen | ZS-STREAM-PIECES |
+| cumulative_sums | holds cumulative sums of kh v^T, an (N, D, Dv) array | ZS-ON-MEMORY |
+| history_state | the state keeps every token and recomputes from them | ZS-ON-DECODE, ZS-ON-STATE |
+| spreads_v_nan | masked weights times v chunk by chunk (0 * inf) | ZS-ERR-NONFINITE-V (SHOULD) |
+| raises_bidirectional | raises RuntimeError when `causal=False` | error, with the case |
+| crashes_bidirectional | dies of SIGSEGV when `causal=False` | (the run dies; its report stays) |
+| hangs_when_long | sleeps for an hour on over 10^4 tokens | ZS-STAB-LONG (time limit) |
+| allocates_when_long | allocates 4 GiB on over 10^4 tokens | ZS-STAB-LONG (memory cap) |
+| crashes_when_long | dies of SIGSEGV on over 10^4 tokens | ZS-STAB-LONG (child dies) |
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +36,7 @@ import numpy as np
 from _numpy import NumpyArrays, gate, unit
 
 import zeros_ref
+from zeros_ref._validate import check_inputs
 
 
 class Explicit(NumpyArrays):
@@ -137,6 +149,126 @@ class ForgetfulState(NumpyArrays):
         return out, replace(state, length=min(state.length, q.shape[-2]))
 
 
+class CumulativeSums(NumpyArrays):
+    """Right outputs, but the zero-order term read from cumulative sums of kh_i v_i^T kept
+    as one (*B, N, D, Dv) array: the shape of the authors' linear-time path."""
+
+    name = "cumulative-sums"
+    features = frozenset({"bidirectional", "default_logits"})
+
+    def attention(self, q, k, v, *, logits=None, first=1.0, higher=1.0, zero=0.0, causal=True):
+        inp = check_inputs(q, k, v, logits, first, higher, zero)
+        out = zeros_ref.attention(q, k, v, logits=logits, first=first, higher=higher, zero=0.0,
+                                  causal=causal)
+        n = q.shape[-2]
+        kv = np.cumsum(unit(k)[..., :, None] * v[..., None, :], axis=-3)  # (*B, N, D, Dv)
+        if not causal:
+            kv = np.broadcast_to(kv[..., -1:, :, :], kv.shape)
+        count = np.arange(1.0, n + 1) if causal else np.full(n, float(n))
+        g0 = np.broadcast_to(inp.zero, out.shape[:-1]) / count  # (*B, N)
+        zero_order = np.einsum("...nd,...nde->...ne", unit(q), kv) * g0[..., None]
+        return (out + zero_order).astype(out.dtype)
+
+
+class HistoryState(NumpyArrays):
+    """Right outputs, but the "state" is every key, value and logit so far: each call runs
+    the reference again over the whole history (O(context) per decode step)."""
+
+    name = "history-state"
+    features = frozenset({"bidirectional", "state", "default_logits"})
+
+    def attention(self, q, k, v, *, logits=None, first=1.0, higher=1.0, zero=0.0, causal=True,
+                  state=None, return_state=False):
+        inp = check_inputs(q, k, v, logits, first, higher, zero)
+        if not causal or (state is None and not return_state):
+            return zeros_ref.attention(q, k, v, logits=logits, first=first, higher=higher,
+                                       zero=zero, causal=causal, state=state,
+                                       return_state=return_state)
+        batch, n, d, dv = inp.batch, q.shape[-2], q.shape[-1], v.shape[-1]
+        if state is None:
+            state = {"k": np.zeros((*batch, 0, d), inp.dtype),
+                     "v": np.zeros((*batch, 0, dv), inp.dtype),
+                     "logits": None if logits is None else np.zeros((*batch, 0), inp.dtype)}
+        if state["k"].shape[:-2] != batch or state["k"].shape[-1] != d or \
+                state["v"].shape[-1] != dv:
+            raise ValueError(f"`state` does not fit leading axes {batch}, D={d}, Dv={dv}")
+        seen = state["k"].shape[-2]
+
+        def joined(old: np.ndarray, new: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+            return np.concatenate([old, np.broadcast_to(new, (*batch, n, *tail))], axis=-2
+                                  if tail else -1)
+
+        history = {"k": joined(state["k"], inp.k, (d,)), "v": joined(state["v"], inp.v, (dv,)),
+                   "logits": None if logits is None else joined(state["logits"], inp.logits, ())}
+        gates = {name: joined(np.ones((*batch, seen), inp.dtype), g, ())
+                 for name, g in (("first", inp.first), ("higher", inp.higher),
+                                 ("zero", inp.zero))}
+        queries = joined(np.zeros((*batch, seen, d), inp.dtype), inp.q, (d,))
+        out = zeros_ref.attention(queries, history["k"], history["v"], logits=history["logits"],
+                                  **gates)[..., seen:, :]
+        return out, history
+
+
+class SpreadsVNan(Explicit):
+    """Chunks of 16 rows times the values so far, `where(i <= t, W, 0) @ V` as a fused kernel
+    computes: a masked zero times an infinite v_i is NaN in rows t < i of v_i's chunk."""
+
+    name = "spreads-v-nan"
+
+    def attention(self, q, k, v, *, logits=None, first=1.0, higher=1.0, zero=0.0, causal=True):
+        s = zeros_ref.deviation_logits(k, causal=causal) if logits is None else logits
+        r = zeros_ref.weights(s, first=first, higher=higher, zero=zero, causal=causal)
+        n = q.shape[-2]
+        visible = np.tril(np.ones((n, n), dtype=bool)) if causal else np.ones((n, n), bool)
+        w = np.where(visible, r * self.cosine(q, k), 0.0)  # (*B, N, N)
+        rows = []
+        for start in range(0, n, 16):
+            end = min(start + 16, n) if causal else n
+            rows.append(w[..., start:start + 16, :end] @ v[..., :end, :])
+        out = np.concatenate(rows, axis=-2) if rows else w[..., :0] @ v
+        return out.astype(q.dtype)
+
+
+class RaisesBidirectional(Explicit):
+    """Raises an unexpected exception in every `causal=False` call."""
+
+    name = "raises-bidirectional"
+
+    def attention(self, q, k, v, *, causal=True, **options):
+        if not causal:
+            raise RuntimeError("kernel launch failed")
+        return super().attention(q, k, v, causal=causal, **options)
+
+
+class CrashesBidirectional(Explicit):
+    """Dies of a segmentation fault in every `causal=False` call, as a native kernel might."""
+
+    name = "crashes-bidirectional"
+
+    def attention(self, q, k, v, *, causal=True, **options):
+        if not causal:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return super().attention(q, k, v, causal=causal, **options)
+
+
+class MisbehavesWhenLong(Explicit):
+    """The explicit definition, except on sequences of more than 10^4 tokens."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.name = f"{how}-when-long"
+
+    def attention(self, q, k, v, **options):
+        if q.shape[-2] > 10_000:
+            if self.how == "hangs":
+                time.sleep(3600)
+            elif self.how == "allocates":
+                np.ones(2**29)  # 4 GiB: more than the tests' cap, less than the machine
+            else:
+                os.kill(os.getpid(), signal.SIGSEGV)
+        return super().attention(q, k, v, **options)
+
+
 first_order_from_probabilities = FirstOrderFromProbabilities()
 global_max = GlobalMax()
 quadratic = Explicit()
@@ -146,3 +278,11 @@ ignored_gates = IgnoredGates()
 wrong_dtype = WrongDtype()
 nan_on_zero_vectors = NanOnZeroVectors()
 forgetful_state = ForgetfulState()
+cumulative_sums = CumulativeSums()
+history_state = HistoryState()
+spreads_v_nan = SpreadsVNan()
+raises_bidirectional = RaisesBidirectional()
+crashes_bidirectional = CrashesBidirectional()
+hangs_when_long = MisbehavesWhenLong("hangs")
+allocates_when_long = MisbehavesWhenLong("allocates")
+crashes_when_long = MisbehavesWhenLong("crashes")

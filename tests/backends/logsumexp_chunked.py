@@ -111,7 +111,9 @@ class LogSumExpChunked(NumpyArrays):
         F = decay[..., None, None] * F + (kv * w[..., None, :]) @ v
         G = G + (st["mean"] - mean)[..., None, None] * H + (kv * f[..., None, :]) @ v
         H = H + kv @ v
-        st.update(n=st["n"] + size, L=log_norm, mean=mean, S=np.stack([F, G, H], axis=-3))
+        # Copies: L and mean are views of (*B, N) arrays a state must not keep alive.
+        st.update(n=st["n"] + size, L=log_norm.copy(), mean=mean.copy(),
+                  S=np.stack([F, G, H], axis=-3))
 
     @staticmethod
     def _bidirectional(qh, kh, v, s, gates) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""A conformance run: every requirement in spec order, the growing ones guarded or blocked.
+
+Requirements whose checks grow with N (`runner.grows`) run in a child process with limits
+(`_guard`), so a backend that exhausts memory or time fails them instead of killing the run.
+Once a complexity requirement (`BLOCKERS`) has failed, the others that grow are *blocked*, not
+run: a backend known to be superlinear would spend the run's time and memory on them and say
+nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ._guard import Limits, run_guarded
+from ._harness import Context
+from .requirements import Requirement, load_requirements
+from .runner import Outcome, grows, run_requirement
+from .status import BLOCKED, NOT_CONFORMING
+
+__all__ = ["BLOCKERS", "Session", "run"]
+
+BLOCKERS = ("ZS-ON-TIME", "ZS-ON-MEMORY")
+"""Requirements whose failure blocks the other requirements that grow with N."""
+
+
+class Session:
+    """The outcomes of one backend so far; `outcome` runs the next requirement.
+
+    `limits=None` runs everything in this process (no guard), as does a context without a
+    target to load the backend from in a child.
+    """
+
+    def __init__(self, ctx: Context, limits: Limits | None = None) -> None:
+        self.ctx = ctx
+        self.limits = limits
+        self.outcomes: list[Outcome] = []
+
+    def _blocker(self, requirement: Requirement) -> Outcome | None:
+        if requirement.id in BLOCKERS or not grows(requirement.id):
+            return None
+        return next((o for o in self.outcomes
+                     if o.requirement.id in BLOCKERS and o.status in NOT_CONFORMING), None)
+
+    def outcome(self, requirement: Requirement) -> Outcome:
+        """Run (or block) one requirement and remember its outcome."""
+        claimed = requirement.feature in self.ctx.features
+        blocker = self._blocker(requirement) if claimed else None
+        if blocker is not None:
+            outcome = Outcome(requirement, BLOCKED,
+                              message=f"blocked by {blocker.requirement.id} "
+                                      f"({blocker.status}): it grows with N")
+        elif claimed and grows(requirement.id) and self.limits and self.ctx.target:
+            outcome = run_guarded(self.ctx, requirement, self.limits)
+        else:
+            outcome = run_requirement(self.ctx, requirement)
+        self.outcomes.append(outcome)
+        return outcome
+
+
+def run(
+    ctx: Context,
+    *,
+    only: Iterable[str] = (),
+    limits: Limits | None = None,
+    progress: Callable[[int, int, Outcome | Requirement], None] | None = None,
+) -> list[Outcome]:
+    """Outcomes of all requirements (or of those in `only`), in spec order.
+
+    `progress(number, total, item)` is called with each requirement before it runs and with
+    its outcome after.
+    """
+    wanted = set(only)
+    requirements = [r for r in load_requirements() if not wanted or r.id in wanted]
+    session = Session(ctx, limits)
+    for number, requirement in enumerate(requirements, 1):
+        if progress:
+            progress(number, len(requirements), requirement)
+        outcome = session.outcome(requirement)
+        if progress:
+            progress(number, len(requirements), outcome)
+    return session.outcomes
