@@ -73,9 +73,9 @@ def _cap_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
-def _outcome(requirement: Requirement, status: str, seconds: float, measurement: Measurement,
-             ) -> Outcome:
-    return Outcome(requirement, status, [measurement], seconds, measurement.message)
+def _outcome(requirement: Requirement, status: str, seconds: float, found: Measurement) -> Outcome:
+    """The outcome of a child that left none: one measurement saying what happened to it."""
+    return Outcome(requirement, status, [found], seconds, found.message)
 
 
 def run_guarded(ctx: Context, requirement: Requirement, limits: Limits) -> Outcome:
