@@ -184,7 +184,12 @@ def test_rope_errors() -> None:
 PUBLIC = {
     "DEFAULT_CHUNK_SIZE", "SPEC_VERSION", "State", "__version__", "attention",
     "explicit_attention", "weights", "deviation_logits", "quadratic_logits", "mean_logits",
-    "rope",
+    "rope", "kernel",
+}
+
+KERNEL = {
+    "DEFAULT_CHUNK_SIZE", "Inputs", "State", "causal_step", "check_call", "check_inputs",
+    "deviation_logits", "running_mean_logits", "unit",
 }
 
 
@@ -197,6 +202,30 @@ def test_public_names() -> None:
     for name in PUBLIC:
         assert getattr(zeros_ref, name) is not None
     assert isinstance(zeros_ref.DEFAULT_CHUNK_SIZE, int) and zeros_ref.DEFAULT_CHUNK_SIZE >= 1
+
+
+def test_kernel_api_is_pinned_and_documented() -> None:
+    from zeros_ref import kernel
+
+    assert set(kernel.__all__) == KERNEL and len(kernel.__all__) == len(KERNEL)
+    for name in KERNEL - {"DEFAULT_CHUNK_SIZE"}:
+        assert getattr(kernel, name).__doc__, name
+    assert (kernel.State.F, kernel.State.G, kernel.State.H) == (0, 1, 2)
+
+
+def test_state_rows_and_merge_are_inverse(rng: np.random.Generator) -> None:
+    from zeros_ref.kernel import State
+
+    q, k, v = rng.normal(size=(3, 5, 9, 4))
+    _, state = zeros_ref.attention(q, k, v, return_state=True)
+    split = [np.array([3, 0]), np.array([4]), np.array([1, 2])]
+    parts = [(index, state.rows(index)) for index in split]
+    assert parts[0][1].kv.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(parts[0][1].running_max, state.running_max[[3, 0]])
+    merged = State.merge(parts)
+    for name in ("running_max", "mean_offset", "normaliser", "kv", "key_sum"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(state, name), name)
+    assert merged.length == state.length == 9
 
 
 def test_versions() -> None:

@@ -2,9 +2,12 @@
 
 Pure array-API code: the array namespace, dtype and device come from the inputs, so the same
 functions run on NumPy, array-api-strict, PyTorch, CuPy and JAX arrays. The normative text is
-``spec/zeros-spec.md``; section numbers in docstrings refer to it.
+``spec/zeros-spec.md``; section numbers in docstrings refer to it. Backend authors reuse the
+validation, the state and the exact chunk step through `zeros_ref.kernel`; the modules whose
+names start with an underscore are private.
 """
 
+from . import kernel
 from ._attention import DEFAULT_CHUNK_SIZE, attention
 from ._logits import deviation_logits, mean_logits, quadratic_logits
 from ._rope import rope
@@ -22,6 +25,7 @@ __all__ = [
     "attention",
     "deviation_logits",
     "explicit_attention",
+    "kernel",
     "mean_logits",
     "quadratic_logits",
     "rope",

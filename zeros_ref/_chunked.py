@@ -14,34 +14,34 @@ underflows to 0/0 (ZS-STAB-RANGE); the mean logit is kept relative to the runnin
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 from array_api_compat import device
 
 from ._directions import unit
-from ._logits import running_mean_logits
+from ._logits import deviation_logits, running_mean_logits
 from ._state import State
 from ._validate import Inputs
 
-__all__ = ["absorb", "append", "causal_chunk", "causal_step", "prefix_stats", "read"]
+__all__ = ["PrefixStats", "causal_step", "run"]
 
 
 class PrefixStats(NamedTuple):
     """Softmax statistics of each query row over the keys it sees (spec 4.2, steps 1-3).
 
-    m : (*B, R) running max m_t; mean : (*B, R) ``sbar_t - m_t``; normaliser : (*B, R) E_t;
-    decay : (*B, R) ``exp(m_prev - m_t)``; shift : (*B, R) ``sbar_prev - sbar_t``;
-    centred : (*B, R, C) ``s_i - m_t`` where visible, else 0;
+    m : (*B, R) running max m_t; mean_offset : (*B, R) ``sbar_t - m_t`` (as in `State`);
+    normaliser : (*B, R) E_t; decay : (*B, R) ``exp(m_prev - m_t)``;
+    shift : (*B, R) ``sbar_prev - sbar_t``;
+    relative : (*B, R, C) ``s_i - m_t`` where visible, else 0;
     exp_logits : (*B, R, C) ``exp(s_i - m_t)`` where visible, else 0.
     """
 
     m: Any
-    mean: Any
+    mean_offset: Any
     normaliser: Any
     decay: Any
     shift: Any
-    centred: Any
+    relative: Any
     exp_logits: Any
 
 
@@ -59,13 +59,14 @@ def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixS
     # Step 2: logits relative to each row's max, <= 0 where visible (exp(-inf) = 0 elsewhere).
     shifted = seen - m[..., None]  # (*B, R, C)
     exp_logits = xp.exp(shifted)
-    centred = xp.where(visible, shifted, 0.0)
+    relative = xp.where(visible, shifted, 0.0)
     # Step 3: the normaliser E_t, and the mean logit relative to m_t from the prefix count n.
     decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
     normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
     mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
-    mean = (state.length * mean_prev + xp.sum(centred, axis=-1)) / t  # (*B, R)
-    return PrefixStats(m, mean, normaliser, decay, mean_prev - mean, centred, exp_logits)
+    mean_offset = (state.length * mean_prev + xp.sum(relative, axis=-1)) / t  # (*B, R)
+    return PrefixStats(m=m, mean_offset=mean_offset, normaliser=normaliser, decay=decay,
+                       shift=mean_prev - mean_offset, relative=relative, exp_logits=exp_logits)
 
 
 def coefficients(gates: tuple[Any, Any, Any], t: Any, normaliser: Any) -> tuple[Any, Any, Any]:
@@ -94,17 +95,18 @@ def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any) -> S
     (the chunk's last query, or a single row that sees the whole chunk).
     Shapes: k, kh (*B, C, D); v (*B, C, Dv).
     """
-    m, mean, normaliser = st.m[..., -1], st.mean[..., -1], st.normaliser[..., -1]  # (*B,)
+    m, mean_offset = st.m[..., -1], st.mean_offset[..., -1]  # (*B,)
     w = st.exp_logits[..., -1, :]  # (*B, C) exp(s_i - m)
-    f = st.centred[..., -1, :] - mean[..., None]  # (*B, C) s_i - sbar
+    f = st.relative[..., -1, :] - mean_offset[..., None]  # (*B, C) s_i - sbar
     features = xp.concat([w[..., None] * kh, f[..., None] * kh, kh], axis=-1)  # (*B, C, 3D)
     update = xp.matrix_transpose(features) @ v  # (*B, 3D, Dv)
-    old_f, old_g, old_h = (state.kv[..., j, :, :] for j in range(3))  # (*B, D, Dv) each
+    old_f, old_g, old_h = (state.kv[..., j, :, :] for j in (State.F, State.G, State.H))
     decay, shift = st.decay[..., -1, None, None], st.shift[..., -1, None, None]
-    kv = xp.stack([decay * old_f, old_g + shift * old_h, old_h], axis=-3)
+    kv = xp.stack([decay * old_f, old_g + shift * old_h, old_h], axis=-3)  # slots F, G, H
     kv = kv + xp.reshape(update, kv.shape)
-    return State(state.length + k.shape[-2], m, mean, normaliser, kv,
-                 state.key_sum + xp.sum(k, axis=-2))
+    return State(length=state.length + k.shape[-2], running_max=m, mean_offset=mean_offset,
+                 normaliser=st.normaliser[..., -1], kv=kv,
+                 key_sum=state.key_sum + xp.sum(k, axis=-2))
 
 
 def append(xp: Any, state: State, k: Any, v: Any, s: Any) -> State:
@@ -154,7 +156,7 @@ def causal_chunk(
     """
     a, b, c0 = coefficients(gates, t, st.normaliser)
     # Step 4: the chunk's own keys, weights r[t, i] * cos[t, i] formed explicitly.
-    r = a[..., None] * st.exp_logits + b[..., None] * (st.centred - st.mean[..., None])
+    r = a[..., None] * st.exp_logits + b[..., None] * (st.relative - st.mean_offset[..., None])
     r = r + c0[..., None]  # (*B, C, C)
     cos = qh @ xp.matrix_transpose(kh)  # (*B, C, C)
     w = xp.where(visible, r * cos, 0.0)
@@ -182,34 +184,35 @@ def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) ->
     Non-causal: all chunks are absorbed first, then every query reads the final state with
     t = N (spec 4.3).
     """
-    n, d = inp.n, inp.q.shape[-1]
-    spans = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    n = inp.n
+    spans = [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
     if not causal and inp.logits is None:
-        key_mean = xp.sum(inp.k, axis=-2) / (1.0 + n)  # (*B, D), ZS-LOG-DEFAULT non-causal
+        whole = deviation_logits(inp.k, causal=False)  # (*B, N), ZS-LOG-DEFAULT
 
-    def logits(a: int, b: int, st: State) -> Any:  # (*B, C)
+    def logits(start: int, end: int, st: State) -> Any:  # (*B, C)
         if inp.logits is not None:
-            return inp.logits[..., a:b]
-        k = inp.k[..., a:b, :]
+            return inp.logits[..., start:end]
         if causal:
-            return running_mean_logits(xp, k, st.key_sum, 1.0 + st.length)
-        return -xp.sum(k * key_mean[..., None, :], axis=-1) / math.sqrt(d)
+            return running_mean_logits(xp, inp.k[..., start:end, :], st.key_sum, 1.0 + st.length)
+        return whole[..., start:end]
 
-    def gates(a: int, b: int) -> tuple[Any, Any, Any]:
-        return inp.first[..., a:b], inp.higher[..., a:b], inp.zero[..., a:b]
+    def gates(start: int, end: int) -> tuple[Any, Any, Any]:
+        return inp.first[..., start:end], inp.higher[..., start:end], inp.zero[..., start:end]
 
     outputs = []
-    for a, b in spans:
-        k, v, s = inp.k[..., a:b, :], inp.v[..., a:b, :], logits(a, b, state)
+    for start, end in spans:
+        k, v = inp.k[..., start:end, :], inp.v[..., start:end, :]
+        s = logits(start, end, state)
         if causal:
-            out, state = causal_step(xp, state, inp.q[..., a:b, :], k, v, s, gates(a, b))
+            out, state = causal_step(xp, state, inp.q[..., start:end, :], k, v, s,
+                                     gates(start, end))
             outputs.append(out)
         else:
             state = append(xp, state, k, v, s)
     if not causal:
-        for a, b in spans:
-            coef = coefficients(gates(a, b), float(n), state.normaliser[..., None])
-            outputs.append(read(xp, state.kv, unit(xp, inp.q[..., a:b, :]), *coef))
+        for start, end in spans:
+            coef = coefficients(gates(start, end), float(n), state.normaliser[..., None])
+            outputs.append(read(xp, state.kv, unit(xp, inp.q[..., start:end, :]), *coef))
     if not outputs:
         dv = inp.v.shape[-1]
         return xp.zeros((*inp.batch, 0, dv), dtype=inp.v.dtype, device=device(inp.v)), state

@@ -13,8 +13,11 @@ rather than to their magnitude (ZS-STAB-OFFSET).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from array_api_compat import array_namespace
 
 __all__ = ["State"]
 
@@ -34,10 +37,18 @@ class State:
     normaliser : (*B,) array
         ``E = sum_i exp(s_i - m)``, at least 1 once ``length > 0``.
     kv : (*B, 3, D, Dv) array
-        ``F``, ``G`` and ``H`` stacked on axis -3.
+        ``F``, ``G`` and ``H`` stacked on axis -3, in the slots ``State.F``, ``State.G`` and
+        ``State.H``.
     key_sum : (*B, D) array
         Sum of the raw keys, the running mean the default logits need.
+
+    Backends build a state with keywords (``State(length=..., running_max=..., ...)``) and
+    address the sums by slot (``kv[..., State.G, :, :]``), never by position.
     """
+
+    F: ClassVar[int] = 0
+    G: ClassVar[int] = 1
+    H: ClassVar[int] = 2
 
     length: int
     running_max: Any
@@ -55,7 +66,14 @@ class State:
         def zeros(*shape: int) -> Any:
             return xp.zeros((*batch, *shape), dtype=dtype, device=device)
 
-        return cls(0, zeros(), zeros(), zeros(), zeros(3, d, dv), zeros(d))
+        return cls(length=0, running_max=zeros(), mean_offset=zeros(), normaliser=zeros(),
+                   kv=zeros(3, d, dv), key_sum=zeros(d))
+
+    def _map(self, function: Any) -> State:
+        """The state with `function(array, trailing axes)` applied to every array field."""
+        trailing = {"running_max": 0, "mean_offset": 0, "normaliser": 0, "kv": 3, "key_sum": 1}
+        return State(length=self.length, **{name: function(getattr(self, name), tail)
+                                            for name, tail in trailing.items()})
 
     def with_batch(self, xp: Any, batch: tuple[int, ...]) -> State:
         """The same state with its leading axes *B reshaped to `batch` (same element count).
@@ -63,9 +81,25 @@ class State:
         Backends that work on one flattened batch axis use it both ways: ``(prod(B),)`` and
         back to B.
         """
+        return self._map(lambda x, tail: xp.reshape(x, (*batch, *x.shape[x.ndim - tail:])))
 
-        def shaped(x: Any, tail: int) -> Any:
-            return xp.reshape(x, (*batch, *x.shape[x.ndim - tail:]))
+    def rows(self, index: Any) -> State:
+        """The rows `index` (an integer array) of a state with one leading axis (b,)."""
+        xp = array_namespace(self.kv, index)
+        return self._map(lambda x, tail: xp.take(x, index, axis=0))
 
-        return State(self.length, shaped(self.running_max, 0), shaped(self.mean_offset, 0),
-                     shaped(self.normaliser, 0), shaped(self.kv, 3), shaped(self.key_sum, 1))
+    @classmethod
+    def merge(cls, parts: Sequence[tuple[Any, State]]) -> State:
+        """One state of b rows from ``(index, state)`` parts that cover rows 0..b-1 once.
+
+        The inverse of `rows`: ``State.merge([(i, s.rows(i)) for i in split])`` equals ``s``
+        for any split of ``arange(b)`` into disjoint index arrays.
+        """
+        xp = array_namespace(*(i for i, _ in parts), *(st.kv for _, st in parts))
+        index = xp.concat([i for i, _ in parts])
+        order = xp.argsort(index)  # row r of the result is row order[r] of the concatenation
+        first = parts[0][1]
+        merged = {f.name: xp.take(xp.concat([getattr(st, f.name) for _, st in parts]), order,
+                                  axis=0)
+                  for f in fields(cls) if f.name != "length"}
+        return cls(length=first.length, **merged)

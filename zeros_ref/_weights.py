@@ -28,16 +28,16 @@ def _weights(xp: Any, s: Any, first: Any, higher: Any, zero: Any, causal: bool) 
     else:
         visible = xp.ones((n, n), dtype=xp.bool, device=device(s))
         t = xp.full((n,), float(n), dtype=s.dtype, device=device(s))
-    # Step 3.1: softmax of the logits over each row's prefix.
+    # Step 1 (spec 2.2, p): softmax of the logits over each row's prefix P(t).
     rows = xp.where(visible, s[..., None, :], -xp.inf)  # (..., N, N)
     e = xp.where(visible, xp.exp(rows - xp.max(rows, axis=-1, keepdims=True)), 0.0)
     p = e / xp.sum(e, axis=-1, keepdims=True)
-    # Step 3.2: zero-order, first-order and higher-order terms.
+    # Step 2 (spec 2.2, z, f, h): zero-order, first-order and higher-order terms.
     z = xp.where(visible, 1.0 / t[:, None], 0.0)
     mean = xp.sum(xp.where(visible, s[..., None, :], 0.0), axis=-1, keepdims=True) / t[:, None]
     f = xp.where(visible, (s[..., None, :] - mean) / t[:, None], 0.0)
     h = p - z - f
-    # Step 3.3: gated combination.
+    # Step 3 (spec 2.2, r): the gated combination.
     return first[..., None] * f + higher[..., None] * h + zero[..., None] * z
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from _numpy import NumpyArrays, unit
 
-from zeros_ref._validate import check_inputs
+from zeros_ref.kernel import check_inputs
 
 
 class Recurrent(NumpyArrays):

@@ -1,0 +1,55 @@
+"""The kernel API: what a backend author reuses from the reference.
+
+A backend computes ZeroS its own way (spec section 10) but should fail the way the reference
+fails and fall back to the reference's exact step where its fast path cannot go. These names
+are public and keep their meaning within a spec version:
+
+`check_call`, `check_inputs`, `Inputs`
+    Validation of an attention call (spec section 8): the same errors with the same messages,
+    and the inputs broadcast to common leading axes in the compute dtype.
+`State`
+    The carried state of a causal prefix (spec section 5), with named fields, the slots
+    ``State.F``, ``State.G``, ``State.H`` of its stacked sums, and methods to reshape its
+    leading axes and to split and merge its rows.
+`causal_step`
+    The exact chunk step of spec 4.2: outputs of one chunk and the state after it.
+`unit`
+    Unit directions along the last axis, exact for any finite scale, zero for zero vectors.
+`deviation_logits`, `running_mean_logits`
+    The default logits (ZS-LOG-DEFAULT), from scratch or continuing a carried key sum.
+
+Examples
+--------
+A backend's `attention` starts by validating its call:
+
+>>> import numpy as np
+>>> from zeros_ref import kernel
+>>> q = k = v = np.ones((2, 5, 4))
+>>> inp, state = kernel.check_call(q, k, v, logits=None, first=1.0, higher=1.0, zero=0.0,
+...                                causal=True, state=None, return_state=True)
+>>> inp.batch, inp.n, state.length
+((2,), 5, 0)
+>>> kernel.check_call(q, k[..., :3], v, logits=None, first=1.0, higher=1.0, zero=0.0,
+...                   causal=True, state=None, return_state=False)
+Traceback (most recent call last):
+ValueError: `k` must have the same last axis as `q`; got 3 and 4
+"""
+
+from ._attention import DEFAULT_CHUNK_SIZE, check_call
+from ._chunked import causal_step
+from ._directions import unit
+from ._logits import deviation_logits, running_mean_logits
+from ._state import State
+from ._validate import Inputs, check_inputs
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Inputs",
+    "State",
+    "causal_step",
+    "check_call",
+    "check_inputs",
+    "deviation_logits",
+    "running_mean_logits",
+    "unit",
+]
