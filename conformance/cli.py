@@ -146,7 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in load_requirements():
             print(f"{r.id:22s} {r.level:6s} {r.feature:14s} {r.title}")
         return 0
-    return golden.main([args.action] + (["--dir", args.dir] if args.dir else []))
+    return _golden(args.action, Path(args.dir) if args.dir else golden.default_directory())
+
+
+def _golden(action: str, root: Path) -> int:
+    """``golden verify|regenerate``: 1 when the directory does not match its manifest."""
+    if action == "regenerate":
+        golden.regenerate(root)
+        print(f"wrote {len(golden.CASES)} golden cases and {golden.MANIFEST_NAME} to {root}")
+    problems = golden.verify(root)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if not problems:
+        print(f"ok: {root} matches its manifest")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -23,20 +23,15 @@ against the explicit definition `zeros_ref.explicit_attention`; the reference it
 checked against an independent mpmath evaluation elsewhere, so these files do not vouch for
 themselves.
 
-Command line::
+The files live in a hashed store (`_store`); this module is the case catalogue: what each
+case is, how its inputs are drawn, and how it is loaded. Command line::
 
-    python -m zeros_conformance.golden regenerate [--dir D]
-    python -m zeros_conformance.golden verify [--dir D]
+    zeros-conformance golden verify [--dir D]
+    zeros-conformance golden regenerate [--dir D]
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import io
-import json
-import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +40,10 @@ import numpy as np
 
 import zeros_ref
 
+from . import _store
 from ._compare import compare, output_scale
+from ._store import MANIFEST_NAME
+from ._store import IntegrityError as GoldenIntegrityError
 
 __all__ = [
     "CASES",
@@ -58,7 +56,6 @@ __all__ = [
     "default_directory",
     "generate",
     "load",
-    "main",
     "regenerate",
     "verify",
 ]
@@ -68,8 +65,6 @@ FORMAT = 1
 
 GOLDEN_VERSION = "1"
 """Version of the case list and its data; bump it whenever a stored output changes."""
-
-MANIFEST_NAME = "MANIFEST.json"
 
 GENERATION_TOLERANCE = 1e-12
 """Largest scale-relative difference allowed between the O(N) and explicit forms at generation."""
@@ -88,14 +83,6 @@ EQUAL_LOGIT = 2.5
 
 GATE_RANGE = (-1.0, 2.0)
 """Gates of the "scalar" and "random" kinds are drawn uniformly from this interval."""
-
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-"""Timestamp of every zip entry: the earliest zip allows, fixed for reproducible files."""
-
-
-class GoldenIntegrityError(ValueError):
-    """The golden directory does not match its manifest (edited, missing or unlisted files)."""
-
 
 @dataclass(frozen=True)
 class GoldenSpec:
@@ -366,31 +353,7 @@ def generate(spec: GoldenSpec) -> dict[str, np.ndarray]:
     return {**arrays, "causal": np.asarray(spec.causal), "out": out}
 
 
-# --- Storage ----------------------------------------------------------------------------------
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An ``.npz`` archive of `arrays` whose bytes depend on the arrays only.
-
-    ``numpy.savez`` stamps each zip entry with the current time; here every entry gets
-    `_ZIP_DATE`, fixed permissions and no compression.
-    """
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for key, value in arrays.items():
-            data = io.BytesIO()
-            dtype = "<f8" if value.dtype.kind == "f" else value.dtype
-            value = np.asarray(value, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
-            np.lib.format.write_array(data, value, allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
-            info.create_system = 3  # Unix, whatever the platform
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data.getvalue())
-    return buffer.getvalue()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# --- The directory ----------------------------------------------------------------------------
 
 
 def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -434,55 +397,10 @@ def regenerate(directory: str | Path | None = None) -> None:
     """
     root = _root(directory)
     root.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for spec in CASES:
-        path = root / spec.file
-        path.write_bytes(_npz_bytes(generate(spec)))
-        entries.append(_manifest_entry(spec, _sha256(path)))
-    names = {spec.file for spec in CASES}
-    for stale in root.glob("*.npz"):
-        if stale.name not in names:
-            stale.unlink()
-    text = json.dumps(_manifest(entries), indent=2) + "\n"
-    (root / MANIFEST_NAME).write_text(text, encoding="utf-8", newline="\n")
-
-
-# --- Verification and loading -----------------------------------------------------------------
-
-
-def _read_manifest(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The parsed manifest, or None with the problems that prevent reading it."""
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        return None, [f"{MANIFEST_NAME} is missing from {root}"]
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, [f"{MANIFEST_NAME} in {root} is not valid JSON: {err}"]
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list):
-        return None, [f"{MANIFEST_NAME} in {root} has no list of cases"]
-    if manifest.get("format") != FORMAT:
-        return None, [f"{MANIFEST_NAME} has format {manifest.get('format')!r}; "
-                      f"this version reads format {FORMAT}"]
-    return manifest, []
-
-
-def _entry_problems(root: Path, entry: Any) -> list[str]:
-    """Problems of one manifest entry: malformed, missing file or SHA-256 mismatch."""
-    if not isinstance(entry, dict) or not all(
-        isinstance(entry.get(key), str) for key in ("name", "file", "sha256")
-    ):
-        return [f"{MANIFEST_NAME} has a malformed case entry: {entry!r}"]
-    name = entry["file"]
-    if Path(name).name != name:
-        return [f"{MANIFEST_NAME} lists {name!r}, which is not a plain file name"]
-    path = root / name
-    if not path.is_file():
-        return [f"{name} is listed in {MANIFEST_NAME} but missing from {root}"]
-    actual = _sha256(path)
-    if actual != entry["sha256"]:
-        return [f"{name}: SHA-256 {actual} does not match {entry['sha256']} in {MANIFEST_NAME}"]
-    return []
+    entries = [_manifest_entry(spec, _store.write_arrays(root / spec.file, generate(spec)))
+               for spec in CASES]
+    _store.remove_unlisted(root, {spec.file for spec in CASES})
+    _store.write_manifest(root, _manifest(entries))
 
 
 def verify(directory: str | Path | None = None) -> list[str]:
@@ -495,43 +413,16 @@ def verify(directory: str | Path | None = None) -> list[str]:
         manifest, a listed file that is missing or whose SHA-256 differs, a file present but not
         listed. Empty when the directory is intact.
     """
-    return _problems(_root(directory))
+    return _store.problems(_root(directory), format=FORMAT)
 
 
-def _problems(root: Path) -> list[str]:
-    manifest, problems = _read_manifest(root)
-    if manifest is None:
-        return problems
-    listed = set()
-    for entry in manifest["cases"]:
-        problems += _entry_problems(root, entry)
-        if isinstance(entry, dict):
-            listed.add(entry.get("file"))
-    for path in sorted(root.iterdir()):
-        if path.name != MANIFEST_NAME and path.name not in listed:
-            problems.append(f"{path.name} is in {root} but not listed in {MANIFEST_NAME}")
-    return problems
-
-
-def _load_case(root: Path, entry: dict[str, Any]) -> GoldenCase:
-    with np.load(root / entry["file"], allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    return GoldenCase(
-        name=entry["name"],
-        description=entry.get("description", ""),
-        causal=bool(arrays["causal"]),
-        inputs=_call_args(arrays),
-        expected=arrays["out"],
-    )
-
-
-def load(directory: str | Path | None = None, *, verify: bool = True) -> list[GoldenCase]:
+def load(directory: str | Path | None = None, *, check_hashes: bool = True) -> list[GoldenCase]:
     """Load every golden case, in manifest order.
 
     Parameters
     ----------
     directory : the golden directory; the package's ``golden/`` by default.
-    verify : check the directory against its manifest first (see `verify`).
+    check_hashes : check the directory against its manifest first (see `verify`).
 
     Returns
     -------
@@ -540,51 +431,18 @@ def load(directory: str | Path | None = None, *, verify: bool = True) -> list[Go
     Raises
     ------
     GoldenIntegrityError
-        With `verify`, if any file is edited, missing or unlisted; the message names it.
+        With `check_hashes`, if any file is edited, missing or unlisted; the message names it.
     """
     root = _root(directory)
-    if verify:
-        problems = _problems(root)
-        if problems:
-            raise GoldenIntegrityError("golden set fails verification: " + "; ".join(problems))
-        manifest, _ = _read_manifest(root)
-    else:
-        manifest, problems = _read_manifest(root)
-        if manifest is None:
-            raise GoldenIntegrityError("; ".join(problems))
-    return [_load_case(root, entry) for entry in manifest["cases"]]
-
-
-# --- Command line -----------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m zeros_conformance.golden", description="Manage the ZeroS golden set."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("regenerate", "recompute every case and the manifest"),
-                       ("verify", "check the files against the manifest")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--dir", type=Path, default=None,
-                         help="golden directory (default: the package's golden/)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 when verification fails)."""
-    args = _parser().parse_args(argv)
-    root = _root(args.dir)
-    if args.command == "regenerate":
-        regenerate(root)
-        print(f"wrote {len(CASES)} golden cases and {MANIFEST_NAME} to {root}")
-    problems = verify(root)
-    for problem in problems:
-        print(f"problem: {problem}")
-    if not problems:
-        print(f"ok: {root} matches its manifest")
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    problems = verify(root) if check_hashes else []
+    manifest, unreadable = _store.read_manifest(root, format=FORMAT)
+    if problems or manifest is None:
+        raise GoldenIntegrityError("golden set fails verification: "
+                                   + "; ".join(problems or unreadable))
+    cases = []
+    for entry in manifest["cases"]:
+        arrays = _store.read_arrays(root / entry["file"])
+        cases.append(GoldenCase(name=entry["name"], description=entry.get("description", ""),
+                                causal=bool(arrays["causal"]), inputs=_call_args(arrays),
+                                expected=arrays["out"]))
+    return cases

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
-
-__all__ = ["DTYPES", "FEATURES", "Backend", "claimed_features", "protocol_problems"]
+__all__ = ["DTYPES", "FEATURES", "claimed_features", "protocol_problems", "usable_dtypes"]
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 """Dtype names a backend may claim, from least to most precise."""
 
 FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad"})
 """Optional features (spec 10.2); "core" is always required."""
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A ZeroS implementation under test.
-
-    Arrays are the backend's own; `from_numpy` and `to_numpy` convert. `attention` has the
-    semantics of `zeros_ref.attention`. Optional attributes: ``features`` (claimed optional
-    features, all when absent), ``gradients`` (with "grad"), ``memory_peak(fn) -> int``
-    (peak bytes allocated while ``fn()`` runs, for devices the process RSS does not see) and
-    ``device`` (a string for the report) and ``synchronize()`` (waits for queued device work,
-    for timings).
-    """
-
-    name: str
-    dtypes: tuple[str, ...]
-
-    def from_numpy(self, x: np.ndarray, dtype: str) -> Any: ...
-
-    def to_numpy(self, x: Any) -> np.ndarray: ...
-
-    def attention(self, q: Any, k: Any, v: Any, **options: Any) -> Any: ...
 
 
 def claimed_features(backend: Any) -> frozenset[str]:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
-import platform
 from typing import Any
 
-import numpy as np
-
+import zeros_machine
 import zeros_ref
 
 from ._harness import Context, Measurement
@@ -16,24 +13,9 @@ from .requirements import spec_version
 from .runner import Outcome, exit_code
 from .status import NOT_CONFORMING
 
-__all__ = ["machine_line", "markdown", "summary_table", "to_json"]
+__all__ = ["markdown", "summary_table", "to_json"]
 
 SUITE_VERSION = "0.1.0"
-
-
-def machine_line() -> str:
-    """Platform, Python, NumPy, cores and BLAS threads."""
-    parts = [platform.platform(), f"Python {platform.python_version()}",
-             f"NumPy {np.__version__}", f"{os.cpu_count()} cores"]
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            parts.append(f"{pool['internal_api']} {pool.get('version')} "
-                         f"({pool['num_threads']} threads)")
-    except ImportError:
-        pass
-    return "; ".join(parts)
 
 
 def _number(x: float) -> float | str:
@@ -74,7 +56,7 @@ def to_json(
                     "dtypes": list(ctx.dtypes), "features": sorted(ctx.features)},
         "profile": ctx.profile,
         "seed": ctx.seed,
-        "machine": machine_line(),
+        "machine": zeros_machine.line(zeros_machine.describe()),
         "seconds": round(seconds, 3),
         "complete": running is None,
         "running": running,

@@ -28,7 +28,6 @@ class Requirement:
     title: str
     level: str
     feature: str
-    section: str
 
 
 def spec_path() -> Path:
@@ -42,22 +41,19 @@ def spec_path() -> Path:
 def parse(text: str) -> tuple[Requirement, ...]:
     """Requirements of a spec text, in document order; `ValueError` on a malformed entry."""
     found: list[Requirement] = []
-    section = ""
     lines = text.splitlines()
-    for number, line in enumerate(lines):
-        if line.startswith("## ") or line.startswith("### "):
-            section = line.lstrip("#").strip().split(" ", 1)[0]
+    for index, line in enumerate(lines):
         heading = _HEADING.match(line)
         if not heading:
             continue
-        following = lines[number + 2] if number + 2 < len(lines) else ""
-        level = _LEVEL.match(lines[number + 1] if number + 1 < len(lines) else "")
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        level = _LEVEL.match(following)
         if not level:
             raise ValueError(
-                f"spec line {number + 2}: requirement {heading.group(1)} needs a line "
+                f"spec line {index + 2}: requirement {heading.group(1)} needs a line "
                 f"'Level: MUST|SHOULD. Feature: NAME.' under its heading; got {following!r}"
             )
-        found.append(Requirement(heading.group(1), heading.group(2), *level.groups(), section))
+        found.append(Requirement(heading.group(1), heading.group(2), *level.groups()))
     ids = [r.id for r in found]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

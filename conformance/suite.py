@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from zeros_conformance import registry
-from zeros_conformance._guard import GIB, Limits
-from zeros_conformance._harness import Context
-from zeros_conformance.requirements import load_requirements
-from zeros_conformance.session import Session
-from zeros_conformance.status import NOT_CONFORMING, PASSED
+from zeros_conformance import (
+    NOT_CONFORMING,
+    PASSED,
+    Context,
+    Limits,
+    Session,
+    load_requirements,
+    registry,
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +27,7 @@ def zeros_session(request: pytest.FixtureRequest) -> Session:
                   seed=option("--zeros-seed"))
     default = Limits()
     memory = option("--zeros-memory-limit")
-    limits = Limits(default.memory_bytes if memory is None else int(memory * GIB),
+    limits = Limits(default.memory_bytes if memory is None else int(memory * 2**30),
                     option("--zeros-time-limit") or default.seconds)
     return Session(ctx, limits)
 

@@ -8,7 +8,7 @@
   rerunning that test alone; the seed is recorded in the test's report properties.
 - `to_numpy` / `from_numpy`: move arrays between numpy and a namespace.
 - `draw_case`: random inputs of one attention call (q, k, v, logits, gates) as numpy float64.
-- `definition_scale`: the output scale of spec 7.1 for a case (`zeros_conformance._compare`).
+- `definition_scale`: the output scale of spec 7.1 for a case (`zeros_conformance.compare`).
 """
 
 from __future__ import annotations
@@ -183,11 +183,11 @@ def gate_arrays(case: Case, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def definition_scale(case: Case, *, causal: bool, logits: np.ndarray | None = None) -> np.ndarray:
-    """Output scale of spec 7.1 (``zeros_conformance._compare.output_scale``) for `case`.
+    """Output scale of spec 7.1 (``zeros_conformance.output_scale``) for `case`.
 
     `logits` are the logits actually used (needed when the case relies on the default ones).
     """
-    from zeros_conformance._compare import output_scale
+    from zeros_conformance import output_scale
 
     s = case.logits if logits is None else logits
     n = case.q.shape[-2]
@@ -198,8 +198,8 @@ def definition_scale(case: Case, *, causal: bool, logits: np.ndarray | None = No
 def assert_close(
     out: np.ndarray, ref: np.ndarray, scale: np.ndarray, tolerance: float, what: str = ""
 ) -> None:
-    """Scale-relative comparison of spec 7.1 (``zeros_conformance._compare.compare``)."""
-    from zeros_conformance._compare import compare
+    """Scale-relative comparison of spec 7.1 (``zeros_conformance.compare``)."""
+    from zeros_conformance import compare
 
     result = compare(np.asarray(out), np.asarray(ref, dtype=np.float64), scale, tolerance)
     assert result.passed, f"{what}: {result.describe()}"

@@ -19,7 +19,6 @@ with xh = x / |x| and the direction of a zero vector equal to 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -219,8 +218,3 @@ def deviation_logits(
             )
             out[index] = [float(x) for x in s]
     return out
-
-
-def as_sequence(x: Sequence[float]) -> Vector:
-    """A list of exact mpmath numbers from floats (for tests that build their own inputs)."""
-    return [_mpf(c) for c in x]

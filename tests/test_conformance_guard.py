@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zeros_conformance import cli
+from zeros_conformance import BLOCKERS, cli, grows, load_requirements
 from zeros_conformance.checks.complexity import state_bytes
-from zeros_conformance.runner import grows
-from zeros_conformance.session import BLOCKERS
 
 BROKEN = Path(__file__).parent / "backends" / "broken.py"
 
@@ -33,8 +31,6 @@ def by_id(report: dict) -> dict[str, dict]:
 
 
 def test_the_growing_checks_are_the_complexity_and_long_sequence_ones() -> None:
-    from zeros_conformance.requirements import load_requirements
-
     growing = {r.id for r in load_requirements() if grows(r.id)}
     assert growing == {"ZS-ON-TIME", "ZS-ON-MEMORY", "ZS-ON-DECODE", "ZS-ON-STATE",
                        "ZS-STAB-LONG"}

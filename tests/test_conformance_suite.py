@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zeros_conformance import cli
-from zeros_conformance.requirements import load_requirements
+from zeros_conformance import cli, load_requirements
 
 BACKENDS = Path(__file__).parent / "backends"
 ALL_IDS = [r.id for r in load_requirements()]

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 import zeros_ref
-from zeros_conformance import golden
-from zeros_conformance._compare import TOLERANCE, compare
+from zeros_conformance import TOLERANCE, cli, compare, golden
 
 GOLDEN_DIR = golden.default_directory()
 MANIFEST: dict[str, Any] = json.loads((GOLDEN_DIR / golden.MANIFEST_NAME).read_text())
@@ -75,7 +74,7 @@ def test_manifest_hashes_match_files() -> None:
         data = (GOLDEN_DIR / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
     assert golden.verify() == []
-    assert golden.main(["verify"]) == 0
+    assert cli.main(["golden", "verify"]) == 0
 
 
 def test_directory_holds_exactly_the_listed_files() -> None:
@@ -98,7 +97,7 @@ def test_edited_byte_is_detected(copy: Path) -> None:
     assert len(problems) == 1 and name in problems[0] and "SHA-256" in problems[0]
     with pytest.raises(golden.GoldenIntegrityError, match=re.escape(name)):
         golden.load(copy)
-    assert golden.main(["verify", "--dir", str(copy)]) == 1
+    assert cli.main(["golden", "verify", "--dir", str(copy)]) == 1
 
 
 def test_missing_file_is_detected(copy: Path) -> None:
@@ -179,7 +178,7 @@ def test_regeneration_is_byte_identical(regenerated: tuple[Path, Path]) -> None:
 
 def test_regenerate_removes_stale_case_files(tmp_path: Path) -> None:
     (tmp_path / "old_case.npz").write_bytes(b"stale")
-    assert golden.main(["regenerate", "--dir", str(tmp_path)]) == 0
+    assert cli.main(["golden", "regenerate", "--dir", str(tmp_path)]) == 0
     assert not (tmp_path / "old_case.npz").exists()
     assert golden.verify(tmp_path) == []
 

@@ -1,4 +1,4 @@
-"""The NumPy backend agrees with the reference, and ``zeros-bench`` reports and gates.
+"""The NumPy backend agrees with the reference.
 
 The backend (`zeros_backends.numpy_backend`) computes the chunked form in one frame per block
 of tokens and falls back to the reference's per-row step where that frame is not exact; the
@@ -9,18 +9,15 @@ tests check agreement with `zeros_ref.attention` in float64 to 1e-12 of the outp
 from __future__ import annotations
 
 import itertools
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import assert_close, definition_scale, draw_case
 
 import zeros_ref
-from zeros_backends import bench, numpy_backend
-from zeros_backends._machine import cpus
 from zeros_backends.numpy_backend import FAST, REFERENCE, NumpyBackend, backend
+from zeros_backends.numpy_backend import logits as numpy_logits
 
 TIGHT = 1e-12
 """Scale-relative agreement required in float64 (the spec's float64 tolerance is 1e-10)."""
@@ -121,13 +118,13 @@ def test_level_gates_leave_g_out_on_both_paths(rng, workers) -> None:
 def test_default_logits_in_pieces_and_chunks(rng, monkeypatch, piece) -> None:
     """The backend's prefix sums (chunk products, carried totals, partial chunks, pieces)
     give the reference's deviation logits, also after a prefix held in a state."""
-    monkeypatch.setattr(numpy_backend, "LOGITS_PIECE", piece)
+    monkeypatch.setattr(numpy_logits, "LOGITS_PIECE", piece)
     k = rng.normal(size=(3, 300, 6))
     whole = zeros_ref.deviation_logits(k)
     _, state = zeros_ref.attention(k[:, :70], k[:, :70], k[:, :70], return_state=True)
     start = zeros_ref.State.empty(np, (3,), 6, 6, dtype=k.dtype, device="cpu")
     for prefix, st in ((0, start), (70, state)):
-        logits, key_sum = numpy_backend._causal_logits(k[:, prefix:], st)
+        logits, key_sum = numpy_logits.causal_logits(k[:, prefix:], st)
         np.testing.assert_allclose(logits, whole[:, prefix:], rtol=0, atol=1e-12)
         np.testing.assert_allclose(key_sum, k.sum(axis=1), rtol=0, atol=1e-12)
 
@@ -229,89 +226,3 @@ def test_errors_are_the_references(rng) -> None:
             zeros_ref.attention(*args, **kwargs)
         with pytest.raises(expected.type, match=f"^{re.escape(str(expected.value))}$"):
             backend.attention(*args, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# zeros-bench
-# ---------------------------------------------------------------------------------------------
-
-
-class _Skewed(NumpyBackend):
-    """A backend one part in a million off: the gate must refuse it."""
-
-    def attention(self, *args: object, **kwargs: object) -> object:
-        result = super().attention(*args, **kwargs)
-        if isinstance(result, tuple):
-            return result[0] * (1 + 1e-6), result[1]
-        return result * (1 + 1e-6)
-
-
-def test_gate_passes_the_backend_and_rejects_a_broken_one() -> None:
-    assert bench.correctness_gate(backend, "numpy") == []
-    failures = bench.correctness_gate(_Skewed())
-    assert failures and any(f.startswith("ZS-ACC-REFERENCE failed") for f in failures), failures
-
-
-def test_bench_refuses_to_time_a_broken_backend(tmp_path: Path, capsys) -> None:
-    module = tmp_path / "skewed.py"
-    module.write_text(
-        "from zeros_backends.numpy_backend import NumpyBackend\n"
-        "class Skewed(NumpyBackend):\n"
-        "    def attention(self, *a, **k):\n"
-        "        out = super().attention(*a, **k)\n"
-        "        return (out[0] + 1e-3, out[1]) if isinstance(out, tuple) else out + 1e-3\n"
-        "backend = Skewed()\n"
-    )
-    assert bench.main(["--backend", f"{module}:backend", "--quick", "--softmax", "numpy"]) == 1
-    assert "fails the quick conformance run" in capsys.readouterr().err
-
-
-def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
-    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    assert bench.main(["--quick", "--softmax", "numpy", "--json", str(out),
-                       "--plot", str(png)]) == 0
-    report = json.loads(out.read_text())
-    assert report["gate"] == "passed" and report["gemm_flops"] > 0
-    assert report["machine"]["blas"] and report["machine"]["cpus"] >= 1
-    small, large = report["configs"]["quick"]
-    assert large["n"] == 8 * small["n"]
-    for row in (small, large):
-        several = cpus() > 1  # then the backend is also timed on one worker
-        for key in ("flop_rate", "gemm_share", "product_flops", "product_share", "vs_softmax",
-                    "reference_vs_backend", *["reference_vs_one_worker"] * several):
-            assert np.isfinite(row[key]) and row[key] > 0, key
-        for timing in ("backend", "reference", "softmax", *["backend_one_worker"] * several):
-            assert 0 < row[timing]["min"] <= row[timing]["median"]
-    assert backend.workers is None  # the one-worker timing gave the setting back
-    assert small["time_8n_ratio"] > 0 and small["memory_8n_ratio"] > 0
-    assert report["decode"]["ratio"] > 0 and len(report["decode"]["times"]) == 2
-    assert png.stat().st_size > 0
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
-    """The ceiling times exactly the products `chunked_flops` counts: one matmul call per
-    product kind and block on each worker, with the shapes of the chunked form."""
-    shapes, real = [], np.matmul
-
-    def spy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-        shapes.append((a.shape, b.shape))
-        return real(a, b, out=out)
-
-    monkeypatch.setattr(bench.np, "matmul", spy)
-    shape, c = bench.Shape(bh=4, n=96, d=8, dv=5), 16  # 96 tokens: one block of 8 chunks
-    assert bench.product_rate(shape, c, workers=workers, block_chunks=8, repeats=1) > 0
-    calls = shapes[: 3 * workers]  # the first timed call (repeats add more)
-    rows = 4 // workers
-    flops = sum(2 * np.prod(a) * b[-1] for a, b in calls)
-    assert {a[:2] for a, _ in calls} == {(rows, 8)}
-    assert flops == bench.chunked_flops(bench.Shape(4, 8 * c, 8, 5), c)
-
-
-def test_blocked_softmax_is_causal_softmax(rng) -> None:
-    q, k, v = rng.normal(size=(3, 2, 70, 4))
-    scores = q @ k.swapaxes(-1, -2) / 2.0
-    scores = np.where(np.tri(70, dtype=bool), scores, -np.inf)
-    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    expected = (p / p.sum(axis=-1, keepdims=True)) @ v
-    np.testing.assert_allclose(bench.blocked_softmax(q, k, v, block=16), expected, rtol=1e-12)

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from zeros_conformance import cli
+from zeros_conformance import cli, load_requirements
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -45,8 +46,16 @@ def test_example_backend_conforms(tmp_path: Path) -> None:
 
 
 def test_requirements_table_is_the_specs() -> None:
-    from zeros_conformance.requirements import load_requirements
-
     rows = re.findall(r"^\| (ZS-[A-Z0-9-]+) \| (MUST|SHOULD) \| ([a-z_]+) \| (.+) \|$", README,
                       re.M)
     assert rows == [(r.id, r.level, r.feature, r.title) for r in load_requirements()]
+
+
+def test_kernel_example_raises_the_references_errors() -> None:
+    example = next(b for b in blocks("python") if "kernel.check_call" in b)
+    namespace: dict = {}
+    exec(example, namespace)
+    q = k = v = np.ones((2, 5, 4))
+    with pytest.raises(ValueError, match="`k` must have the same last axis as `q`"):
+        namespace["attention"](q, k[..., :3], v)
+    assert namespace["attention"](q, k, v) is None  # the body is the reader's to write

@@ -1,8 +1,8 @@
 """The reference against its explicit form and the independent mpmath definition (spec 2, 3).
 
 Errors are measured as in spec 7.1: per output row, relative to the row's output scale
-``zeros_conformance._compare.output_scale`` (max |v_i| over P(t) times |gh| + |g1 - gh| times
-the logit range over P(t) + |g0 - gh|), with `zeros_conformance._compare.compare`. The
+``zeros_conformance.output_scale`` (max |v_i| over P(t) times |gh| + |g1 - gh| times
+the logit range over P(t) + |g0 - gh|), with `zeros_conformance.compare`. The
 reference must agree with the mpmath evaluation to 1e-12 of that scale in float64 (spec 7.1),
 and so must its chunked form with its explicit (quadratic) form.
 """
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zeros_ref
-from zeros_conformance._compare import output_scale
+from zeros_conformance import output_scale
 
 EXACT = 1e-12
 """Agreement of the float64 reference with the mpmath definition (spec 7.1, last paragraph)."""

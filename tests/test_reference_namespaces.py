@@ -23,7 +23,7 @@ from conftest import (
 )
 
 import zeros_ref
-from zeros_conformance._compare import TOLERANCE
+from zeros_conformance import TOLERANCE
 
 
 def assert_kind(out: Any, like: Any, shape: tuple[int, ...]) -> None:

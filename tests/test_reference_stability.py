@@ -5,7 +5,7 @@ evaluated on those rounded inputs. For the wide grids that value is `explicit_at
 float64 (the literal definition, row-wise max-stabilised, itself checked against the mpmath
 evaluation, here on the same kind of input in `test_explicit_definition_is_exact_on_wide_logits`
 and in test_reference_definition.py); degenerate cases compare with mpmath directly. Errors are
-scale-relative as in spec 7.1, with `zeros_conformance._compare.TOLERANCE`.
+scale-relative as in spec 7.1, with `zeros_conformance.TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from conftest import Case, assert_close, definition_scale, draw_case, round_to
 
 import zeros_ref
-from zeros_conformance._compare import TOLERANCE, compare, output_scale
+from zeros_conformance import TOLERANCE, compare, output_scale
 
 GATES = ("default", "random")
 

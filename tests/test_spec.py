@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from zeros_conformance import checks  # noqa: F401  (registers the checks)
-from zeros_conformance._compare import TOLERANCE
-from zeros_conformance._harness import CHECKS
+from zeros_conformance import (
+    CHECKS,
+    TOLERANCE,
+    checks,  # noqa: F401  (registers the checks)
+)
 from zeros_conformance.requirements import load_requirements, parse, spec_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +55,12 @@ def test_tolerance_table_matches_the_code() -> None:
     text = spec_path().read_text()
     table = dict(re.findall(r"^\| (float\d+|bfloat16) \| ([0-9.e-]+) \|$", text, re.M))
     assert {k: float(v) for k, v in table.items()} == TOLERANCE
+
+
+def test_a_malformed_entry_is_reported_at_its_line() -> None:
+    text = "# Spec\n\n#### ZS-X-Y: title\nLevel: MAYBE. Feature: core.\nbody\n"
+    with pytest.raises(ValueError, match=r"^spec line 4: .*got 'Level: MAYBE. Feature: core.'$"):
+        parse(text)
 
 
 @pytest.mark.parametrize("bad", [

@@ -21,8 +21,12 @@ from conftest import Case, draw_case  # noqa: E402
 
 import zeros_ref  # noqa: E402
 from zeros_backends.torch_backend import TorchBackend, backend, cuda_backend  # noqa: E402
-from zeros_conformance import cli  # noqa: E402
-from zeros_conformance._compare import TOLERANCE, compare, output_scale  # noqa: E402
+from zeros_conformance import (  # noqa: E402
+    TOLERANCE,
+    cli,
+    compare,
+    output_scale,
+)
 from zeros_conformance.checks.complexity import MEMORY_FLOOR, RATIO_LIMIT  # noqa: E402
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -355,7 +359,7 @@ def test_bench_times_the_torch_backend(tmp_path) -> None:
     """`zeros-bench --backend torch` gates on conformance, then times against torch SDPA."""
     import json
 
-    from zeros_backends import bench
+    import zeros_bench as bench
 
     out = tmp_path / "bench.json"
     assert bench.main(["--backend", "torch", "--quick", "--json", str(out)]) == 0

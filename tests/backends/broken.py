@@ -36,7 +36,7 @@ import numpy as np
 from _numpy import NumpyArrays, gate, unit
 
 import zeros_ref
-from zeros_ref._validate import check_inputs
+from zeros_ref.kernel import check_inputs
 
 
 class Explicit(NumpyArrays):

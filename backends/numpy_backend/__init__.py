@@ -1,0 +1,294 @@
+"""The NumPy backend: the chunked form of spec 4.2 as BLAS products (entry point ``numpy``).
+
+It must equal the reference form, `zeros_ref.attention` (spec section 4.2 causal, 4.3
+bidirectional), to the tolerance of spec 7.1. One algorithm, the reference's. Validation, the
+`State`, the default logits and the exact per-row chunk step are the reference's own, taken
+from its public kernel API `zeros_ref.kernel`; this package only re-arranges the chunk step
+so that nearly all of its work is matrix products. Dimension names: R = prod(*B) rows (batch
+and heads), N tokens, C chunk length, L = (chunks per block) * C, D and Dv.
+
+Layout
+------
+``__init__``       `NumpyBackend`: validation, flattening, causal and bidirectional dispatch
+``frames``         frame statistics of blocks, and when a frame is exact
+``kernel``         the GEMM chunk form of one block and its per-worker workspace
+``paths``          blocks in sequence; rows on the fast path and on the reference's step
+``logits``         the default causal logits as prefix sums in chunk products
+``bidirectional``  the whole-sequence form (spec 4.3)
+``threads``        row groups and worker threads
+
+Only the names in ``__all__`` here are the backend's interface; the modules' names are
+internal to the package.
+
+The fast variant: one frame per block (spec 4.2, steps 1-6)
+----------------------------------------------------------
+The reference gives every query row t its own frame: exponents relative to its running max
+m_t and the mean logit relative to sbar_t. That makes the C x C weights an elementwise
+formula. Here every row of a block of L tokens (several chunks) shares one frame:
+
+    M     = max(m_prev, max of the block's logits)       (the block's top, >= every m_t)
+    s_ref = s of the block's first key                   (visible to every row of the block)
+    w_i   = exp(s_i - M)
+    E'_t  = sum_{j <= t} w_j                  (the prefix's E rescaled by exp(m_prev - M))
+    a'_t  = gh_t / E'_t,   b_t = (g1_t - gh_t) / t,
+    c'_t  = (g0_t - gh_t) / t - b_t (sbar_t - s_ref)
+
+Since exp(s_i - m_t) / E_t = w_i / E'_t and s_i - sbar_t = (s_i - s_ref) - (sbar_t - s_ref),
+row t's weights are ``r[t,i] = a'_t w_i + b_t (s_i - s_ref) + c'_t``, rank 3 in (t, i). The
+unit directions are folded into the same factors (``qh_t = q_t / |q_t|``):
+
+    Qf_t = [a'_t, b_t, c'_t] / |q_t|  (x)  q_t          (3D,)  query features
+    Kf_i = [w_i, s_i - s_ref, 1] / |k_i|  (x)  k_i      (3D,)  key features
+
+and a chunk is flash-linear-attention's chunk form: ``out = [P | Qf] @ [V ; S]`` with
+``P = tril((q k^T) * (A @ Bm))``, A (C, 3) and Bm (3, C) the factors above, S the (3D, Dv)
+state [F; G; H] moved into the block frame, and the state after chunk j
+``S_j = S_{j-1} + Kf_j^T V_j``: GEMMs plus a few elementwise passes (`kernel`). The per-row
+statistics (M, E', sbar, the factors) of all blocks are computed up front, vectorised over
+blocks, with a scan over blocks for the prefix sums (`frames`).
+
+Where b_t = 0 on every row of a block ("level" blocks: first gate = higher gate, as with the
+default gates), G weighs nothing in the block's outputs: its D columns of Qf and D rows of
+S_j are left out of the chunk products (a quarter of the largest one) and G's update is added
+in one product over the whole block at its end. When every block of a call is level and the
+state is not returned, nothing reads G at all, and it is not kept. Factors, features and the
+state in the workspace are kept in the order F, H, G, so that leaving G out is a slice.
+
+Rows of a block the shared frame cannot represent exactly (`frames`, "When the frame is
+exact") are redone chunk by chunk and, where still needed, by the reference's exact step
+(`paths`).
+
+Speed
+-----
+Leading axes are flattened to one axis of R rows and split between worker threads (NumPy and
+BLAS release the GIL); each worker issues single-threaded BLAS calls on (R/workers, chunks,
+C, .) stacks and reuses its buffers from block to block: working memory is
+O(R L (C + D + Dv)) plus O(R N) per-token statistics, never N x N or N x D x Dv. float16
+inputs are computed in float32 and rounded once (ZS-DTYPE-HALF).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from zeros_machine import blas_limitable, cpus
+from zeros_ref.kernel import State, check_call, deviation_logits
+
+from .bidirectional import bidirectional_rows
+from .frames import Seq, spread_limit
+from .kernel import Workspace
+from .logits import causal_logits
+from .paths import FAST, REFERENCE, causal_blocks
+from .threads import map_groups, row_groups
+
+__all__ = ["FAST", "REFERENCE", "NumpyBackend", "backend", "spread_limit"]
+
+
+class NumpyBackend:
+    """ZeroS attention on NumPy arrays at BLAS speed (spec section 10 protocol).
+
+    Parameters
+    ----------
+    chunk_size : int
+        C, the length of the chunks whose C x C weights are formed explicitly.
+    block_chunks : int
+        Chunks per block: the tokens (L = block_chunks * C) that share one frame and whose
+        products are issued as one batched call.
+    workers : int or None
+        Worker threads over the flattened batch axis; None uses the CPUs this process may run
+        on. With several workers BLAS is limited to one thread during the call (process-wide,
+        through threadpoolctl; without threadpoolctl one worker is used).
+
+    Attributes
+    ----------
+    last_paths : collections.Counter
+        Row-tokens of the last causal call per path, `FAST` or `REFERENCE` (diagnostics for
+        tests and the bench).
+    """
+
+    name = "numpy"
+    dtypes = ("float16", "float32", "float64")
+    features = frozenset({"bidirectional", "state", "default_logits"})
+    device = "cpu"
+
+    def __init__(self, *, chunk_size: int = 64, block_chunks: int = 8,
+                 workers: int | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.block_chunks = block_chunks
+        self.workers = workers
+        self.last_paths: Counter = Counter()
+
+    def from_numpy(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        """A NumPy array of `dtype` (the backend's arrays are NumPy arrays)."""
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def attention(
+        self,
+        q: Any,
+        k: Any,
+        v: Any,
+        *,
+        logits: Any = None,
+        first: Any = 1.0,
+        higher: Any = 1.0,
+        zero: Any = 0.0,
+        causal: bool = True,
+        state: State | None = None,
+        return_state: bool = False,
+    ) -> Any:
+        """ZeroS attention with the semantics of `zeros_ref.attention`.
+
+        Parameters
+        ----------
+        q, k : (..., N, D) NumPy arrays of one real floating dtype.
+        v : (..., N, Dv) array.
+        logits : (..., N) array or None (the deviation logits of k, ZS-LOG-DEFAULT).
+        first, higher, zero : float or array broadcastable to (..., N); gates g1, gh, g0.
+        causal : bool
+            Prefix weights if True, whole-sequence weights if False.
+        state : zeros_ref.State or None
+            State of the preceding part of the sequence (causal only).
+        return_state : bool
+            Also return the state after this input (causal only).
+
+        Returns
+        -------
+        output : (..., N, Dv) array of the input dtype; state : State, if `return_state`.
+
+        Notes
+        -----
+        The chunked form of spec 4.2 with one frame per block of tokens (package docstring);
+        rows the frame cannot represent exactly take the reference's per-row step.
+
+        References
+        ----------
+        spec/zeros-spec.md: ZS-DEF-*, ZS-ON-*, ZS-STREAM-*, ZS-STAB-*, ZS-ERR-*.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = rng.normal(size=(3, 2, 5, 4))
+        >>> backend.attention(q, k, v).shape
+        (2, 5, 4)
+        """
+        inp, start = check_call(q, k, v, logits=logits, first=first, higher=higher, zero=zero,
+                                causal=causal, state=state, return_state=return_state)
+        if not isinstance(inp.q, np.ndarray):
+            raise TypeError(f"the numpy backend takes NumPy arrays; got {type(q).__name__}")
+        batch, n, dv = inp.batch, inp.n, inp.v.shape[-1]
+        self.last_paths = Counter()
+        if n == 0:
+            out = np.zeros((*batch, 0, dv), dtype=inp.dtype)
+            return (out, start) if return_state else out
+        if causal:
+            flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
+                                     return_state=return_state)
+        else:
+            flat, end = self._bidirectional(inp), None
+        out = flat.reshape(*batch, n, dv).astype(inp.dtype, copy=False)
+        if return_state:
+            return out, end.with_batch(np, batch)
+        return out
+
+    # -- causal ---------------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[slice], Any], nrows: int, n: int) -> tuple[list[slice], list]:
+        """``fn`` on row groups of the R rows: one per worker for calls of at least two blocks'
+        worth of row-tokens (with single-threaded BLAS), else one group as it comes."""
+        big = nrows * n >= 2 * self.chunk_size * self.block_chunks
+        workers = self.workers or cpus()
+        if not big or not blas_limitable():
+            workers = 1
+        groups = row_groups(nrows, max(1, min(workers, nrows)))
+        return groups, map_groups(fn, groups, single_blas=big)
+
+    def _spans(self, n: int) -> Iterator[tuple[int, int, int, int]]:
+        """(start, stop, L, C) of runs of equal blocks: whole blocks, whole chunks, the rest."""
+        chunk, block = self.chunk_size, self.chunk_size * self.block_chunks
+        whole = n - n % block
+        if whole:
+            yield 0, whole, block, chunk
+        tail = whole + (n - whole) // chunk * chunk
+        if tail > whole:
+            yield whole, tail, tail - whole, chunk
+        if n > tail:
+            yield tail, n, n - tail, n - tail
+
+    def _causal(self, inp: Any, start: State, *,
+                return_state: bool) -> tuple[np.ndarray, State]:
+        """Causal outputs (R, N, Dv) and the final state (R rows) of flattened inputs.
+
+        Parts of the state that nothing reads are not kept unless it is returned: the key sum
+        (read by the default logits) and G (read where first != higher).
+        """
+        nrows, n = math.prod(inp.batch), inp.n
+        d, dv = inp.q.shape[-1], inp.v.shape[-1]
+        q, k = inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d)
+        v = inp.v.reshape(nrows, n, dv)
+        gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
+        logits = None if inp.logits is None else inp.logits.reshape(nrows, n)
+        out = np.empty((nrows, n, dv), inp.compute_dtype)
+        index = np.arange(nrows)
+
+        def run_group(group: slice) -> tuple[State, Counter]:
+            first, higher = gates[0][group], gates[1][group]
+            track_g = return_state or not np.array_equal(first, higher)
+            ws = Workspace(inp.compute_dtype, d, dv, track_g=track_g)
+            paths, state = Counter(), start.rows(index[group])
+            if logits is None:
+                s, key_sum = causal_logits(k[group], state)
+            else:
+                s, key_sum = logits[group], state.key_sum  # the sum is read only when returned
+                if return_state:
+                    key_sum = key_sum + np.sum(k[group], axis=1)
+            seq = Seq(q[group], k[group], v[group], s, *(x[group] for x in gates))
+            for p0, p1, length, chunk in self._spans(n):
+                state = causal_blocks(ws, state, seq.span(p0, p1), length, chunk,
+                                      out[group, p0:p1], paths)
+            # Copies: the blocks' fields are views of per-call buffers whose size grows with
+            # N, which a returned state must not keep alive (ZS-ON-STATE).
+            return State(length=state.length, running_max=state.running_max.copy(),
+                         mean_offset=state.mean_offset.copy(),
+                         normaliser=state.normaliser.copy(), kv=state.kv.copy(),
+                         key_sum=key_sum.copy()), paths
+
+        groups, results = self._run(run_group, nrows, n)
+        self.last_paths = sum((p for _, p in results), Counter())
+        if len(groups) == 1:
+            return out, results[0][0]
+        return out, State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])
+
+    # -- bidirectional --------------------------------------------------------------------------
+
+    def _bidirectional(self, inp: Any) -> np.ndarray:
+        """Bidirectional outputs (R, N, Dv): one whole-sequence frame (spec 4.3)."""
+        nrows, n = math.prod(inp.batch), inp.n
+        d, dv = inp.q.shape[-1], inp.v.shape[-1]
+        q, k = inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d)
+        v = inp.v.reshape(nrows, n, dv)
+        if inp.logits is None:
+            s = deviation_logits(k, causal=False)  # (R, N), ZS-LOG-DEFAULT
+        else:
+            s = inp.logits.reshape(nrows, n)
+        gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
+        out = np.empty((nrows, n, dv), inp.compute_dtype)
+        block = self.chunk_size * self.block_chunks
+
+        def run_group(group: slice) -> None:
+            bidirectional_rows(q[group], k[group], v[group], s[group],
+                               tuple(x[group] for x in gates), out[group], block)
+
+        self._run(run_group, nrows, n)
+        return out
+
+
+backend = NumpyBackend()
+"""The backend object registered under the entry point ``numpy``."""

@@ -1,0 +1,72 @@
+"""Blocks in sequence, and the rows of a block that take the exact reference step.
+
+Each block's rows that pass the frame test (`frames`, "When the frame is exact") take the
+GEMM form (`kernel.fast_block`, path `FAST`); the others are redone chunk by chunk, a frame
+per chunk, and rows of a chunk that still fail run `zeros_ref.kernel.causal_step` (path
+`REFERENCE`). Rows are split with `State.rows` and joined again with `State.merge`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from zeros_ref.kernel import State, causal_step
+
+from .frames import Seq, block_frames
+from .kernel import Workspace, fast_block
+
+__all__ = ["FAST", "REFERENCE", "causal_blocks", "reference_chunk"]
+
+FAST = "fast"
+"""Path name of row-tokens computed in a shared frame (the GEMM form)."""
+REFERENCE = "reference"
+"""Path name of row-tokens computed by the reference's per-row chunk step."""
+
+
+def reference_chunk(state: State, seq: Seq, out: np.ndarray) -> State:
+    """The reference's exact per-row chunk step (`causal_step`); `out` (R, C, Dv)."""
+    out[...], state = causal_step(np, state, seq.q, seq.k, seq.v, seq.s, seq.gates)
+    return state
+
+
+def causal_blocks(ws: Workspace, state: State, seq: Seq, length: int, chunk: int,
+                  out: np.ndarray, paths: Counter) -> State:
+    """Outputs (into `out`, (R, n, Dv)) and final state of blocks of L tokens, L = nc*C.
+
+    Rows that pass the frame test of a block take `fast_block`; the others are redone chunk
+    by chunk (blocks of one chunk, a frame each), and in a single chunk by the reference.
+    `paths` counts the row-tokens of each path.
+    """
+    with np.errstate(all="ignore"):  # rows whose statistics overflow fail the test
+        fr = block_frames(state, seq, length)
+    nrows = seq.s.shape[0]
+    for j in range(fr.ok.shape[1]):
+        span = seq.span(j * length, (j + 1) * length)
+        dest = out[:, j * length:(j + 1) * length]
+        ok = fr.ok[:, j]
+        if ok.all():
+            paths[FAST] += nrows * length
+            state = fast_block(ws, state, span, fr.block(j), chunk, dest)
+            continue
+        parts = []
+        good, bad = np.flatnonzero(ok), np.flatnonzero(~ok)
+        if good.size:
+            paths[FAST] += good.size * length
+            part = np.empty((good.size, length, out.shape[-1]), out.dtype)
+            st = fast_block(ws, state.rows(good), span.rows(good), fr.rows(good).block(j),
+                            chunk, part)
+            dest[good] = part
+            parts.append((good, st))
+        part = np.empty((bad.size, length, out.shape[-1]), out.dtype)
+        st, sub = state.rows(bad), span.rows(bad)
+        if length > chunk:
+            st = causal_blocks(ws, st, sub, chunk, chunk, part, paths)
+        else:
+            paths[REFERENCE] += bad.size * length
+            st = reference_chunk(st, sub, part)
+        dest[bad] = part
+        parts.append((bad, st))
+        state = State.merge(parts)
+    return state

@@ -1,0 +1,116 @@
+"""`zeros-bench` (zeros_bench): the correctness gate, the derived fields, the product ceiling
+and the softmax baseline; `zeros_machine`, which it shares with the backends and the suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zeros_bench as bench
+import zeros_machine
+from zeros_backends.numpy_backend import NumpyBackend, backend
+
+
+class _Skewed(NumpyBackend):
+    """A backend one part in a million off: the gate must refuse it."""
+
+    def attention(self, *args: object, **kwargs: object) -> object:
+        result = super().attention(*args, **kwargs)
+        if isinstance(result, tuple):
+            return result[0] * (1 + 1e-6), result[1]
+        return result * (1 + 1e-6)
+
+
+def test_gate_passes_the_backend_and_rejects_a_broken_one() -> None:
+    assert bench.correctness_gate(backend, "numpy") == []
+    failures = bench.correctness_gate(_Skewed())
+    assert failures and any(f.startswith("ZS-ACC-REFERENCE failed") for f in failures), failures
+
+
+def test_bench_refuses_to_time_a_broken_backend(tmp_path: Path, capsys) -> None:
+    module = tmp_path / "skewed.py"
+    module.write_text(
+        "from zeros_backends.numpy_backend import NumpyBackend\n"
+        "class Skewed(NumpyBackend):\n"
+        "    def attention(self, *a, **k):\n"
+        "        out = super().attention(*a, **k)\n"
+        "        return (out[0] + 1e-3, out[1]) if isinstance(out, tuple) else out + 1e-3\n"
+        "backend = Skewed()\n"
+    )
+    assert bench.main(["--backend", f"{module}:backend", "--quick", "--softmax", "numpy"]) == 1
+    assert "fails the quick conformance run" in capsys.readouterr().err
+
+
+def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert bench.main(["--quick", "--softmax", "numpy", "--json", str(out),
+                       "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    assert report["gate"] == "passed" and report["gemm_flops"] > 0
+    assert report["machine"]["blas"] and report["machine"]["cpus"] >= 1
+    assert report["machine"]["backend"] == "numpy"
+    small, large = report["configs"]["quick"]
+    assert large["n"] == 8 * small["n"]
+    for row in (small, large):
+        several = zeros_machine.cpus() > 1  # then the backend is also timed on one worker
+        for key in ("flop_rate", "gemm_share", "product_flops", "product_share", "vs_softmax",
+                    "reference_vs_backend", *["reference_vs_one_worker"] * several):
+            assert np.isfinite(row[key]) and row[key] > 0, key
+        for timing in ("backend", "reference", "softmax", *["backend_one_worker"] * several):
+            assert 0 < row[timing]["min"] <= row[timing]["median"]
+    assert backend.workers is None  # the one-worker timing gave the setting back
+    assert small["time_8n_ratio"] > 0 and small["memory_8n_ratio"] > 0
+    assert report["decode"]["ratio"] > 0 and len(report["decode"]["times"]) == 2
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
+    """The ceiling times exactly the products `chunked_flops` counts: one matmul call per
+    product kind and block on each worker, with the shapes of the chunked form."""
+    shapes, real = [], np.matmul
+
+    def spy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        shapes.append((a.shape, b.shape))
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(np, "matmul", spy)
+    shape, c = bench.Shape(bh=4, n=96, d=8, dv=5), 16  # 96 tokens: one block of 8 chunks
+    assert bench.product_rate(shape, c, workers=workers, block_chunks=8, repeats=1) > 0
+    calls = shapes[: 3 * workers]  # the first timed call (repeats add more)
+    rows = 4 // workers
+    flops = sum(2 * np.prod(a) * b[-1] for a, b in calls)
+    assert {a[:2] for a, _ in calls} == {(rows, 8)}
+    assert flops == bench.chunked_flops(bench.Shape(4, 8 * c, 8, 5), c)
+
+
+def test_blocked_softmax_is_causal_softmax(rng) -> None:
+    q, k, v = rng.normal(size=(3, 2, 70, 4))
+    scores = q @ k.swapaxes(-1, -2) / 2.0
+    scores = np.where(np.tri(70, dtype=bool), scores, -np.inf)
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    expected = (p / p.sum(axis=-1, keepdims=True)) @ v
+    np.testing.assert_allclose(bench.blocked_softmax(q, k, v, block=16), expected, rtol=1e-12)
+
+
+def test_machine_is_described_once_for_every_report() -> None:
+    info = zeros_machine.describe()
+    assert info["cpus"] == zeros_machine.cpus() >= 1
+    line = zeros_machine.line(info)
+    assert info["processor"] in line and f"numpy {np.__version__}" in line
+    assert bench.machine(backend)["cpus"] == info["cpus"]
+
+
+def test_blas_threads_limits_and_restores() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="the bench extra")
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+              if p["user_api"] == "blas"]
+    with zeros_machine.blas_threads(1):
+        inside = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                  if p["user_api"] == "blas"]
+    after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert inside and set(inside) == {1}
+    assert after == before
