@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import zeros_ref
+from zeros_ref import __version__ as reference_version
 
 from . import _store
 from ._compare import compare, output_scale
@@ -361,7 +362,7 @@ def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "format": FORMAT,
         "golden_version": GOLDEN_VERSION,
         "spec_version": zeros_ref.SPEC_VERSION,
-        "generator": f"zeros_ref {zeros_ref.__version__}",
+        "generator": f"zeros_ref {reference_version}",
         "cases": entries,
     }
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import zeros_machine
-import zeros_ref
+from zeros_ref import __version__ as reference_version
 
 from ._harness import Context, Measurement
 from .requirements import spec_version
@@ -50,7 +50,7 @@ def to_json(
     return {
         "suite_version": SUITE_VERSION,
         "spec_version": spec_version(),
-        "reference_version": zeros_ref.__version__,
+        "reference_version": reference_version,
         "backend": {"name": getattr(backend, "name", "?"), "target": ctx.target,
                     "device": str(getattr(backend, "device", "cpu")),
                     "dtypes": list(ctx.dtypes), "features": sorted(ctx.features)},
