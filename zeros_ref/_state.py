@@ -84,7 +84,10 @@ class State:
         return self._map(lambda x, tail: xp.reshape(x, (*batch, *x.shape[x.ndim - tail:])))
 
     def rows(self, index: Any) -> State:
-        """The rows `index` (an integer array) of a state with one leading axis (b,)."""
+        """The rows `index` of a state with one leading axis (b,): a `slice` (views of this
+        state's arrays) or an integer array (copies)."""
+        if isinstance(index, slice):
+            return self._map(lambda x, tail: x[index, ...])
         xp = array_namespace(self.kv, index)
         return self._map(lambda x, tail: xp.take(x, index, axis=0))
 
@@ -98,8 +101,11 @@ class State:
         xp = array_namespace(*(i for i, _ in parts), *(st.kv for _, st in parts))
         index = xp.concat([i for i, _ in parts])
         order = xp.argsort(index)  # row r of the result is row order[r] of the concatenation
-        first = parts[0][1]
-        merged = {f.name: xp.take(xp.concat([getattr(st, f.name) for _, st in parts]), order,
-                                  axis=0)
-                  for f in fields(cls) if f.name != "length"}
-        return cls(length=first.length, **merged)
+        in_order = bool(xp.all(order == xp.arange(order.shape[0], dtype=order.dtype)))
+
+        def merged(name: str) -> Any:
+            rows = xp.concat([getattr(st, name) for _, st in parts])
+            return rows if in_order else xp.take(rows, order, axis=0)
+
+        return cls(length=parts[0][1].length,
+                   **{f.name: merged(f.name) for f in fields(cls) if f.name != "length"})

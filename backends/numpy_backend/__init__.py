@@ -242,7 +242,7 @@ class NumpyBackend:
             first, higher = gates[0][group], gates[1][group]
             track_g = return_state or not np.array_equal(first, higher)
             ws = Workspace(inp.compute_dtype, d, dv, track_g=track_g)
-            paths, state = Counter(), start.rows(index[group])
+            paths, state = Counter(), start.rows(group)
             if logits is None:
                 s, key_sum = causal_logits(k[group], state)
             else:
@@ -253,12 +253,13 @@ class NumpyBackend:
             for p0, p1, length, chunk in self._spans(n):
                 state = causal_blocks(ws, state, seq.span(p0, p1), length, chunk,
                                       out[group, p0:p1], paths)
-            # Copies: the blocks' fields are views of per-call buffers whose size grows with
-            # N, which a returned state must not keep alive (ZS-ON-STATE).
-            return State(length=state.length, running_max=state.running_max.copy(),
-                         mean_offset=state.mean_offset.copy(),
-                         normaliser=state.normaliser.copy(), kv=state.kv.copy(),
-                         key_sum=key_sum.copy()), paths
+            # A returned state gets copies: the blocks' fields are views of per-call buffers
+            # whose size grows with N, which it must not keep alive (ZS-ON-STATE).
+            keep = np.copy if return_state else (lambda x: x)
+            return State(length=state.length, running_max=keep(state.running_max),
+                         mean_offset=keep(state.mean_offset),
+                         normaliser=keep(state.normaliser), kv=keep(state.kv),
+                         key_sum=keep(key_sum)), paths
 
         groups, results = self._run(run_group, nrows, n)
         self.last_paths = sum((p for _, p in results), Counter())
