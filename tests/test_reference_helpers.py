@@ -226,6 +226,9 @@ def test_state_rows_and_merge_are_inverse(rng: np.random.Generator) -> None:
     for name in ("running_max", "mean_offset", "normaliser", "kv", "key_sum"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(state, name), name)
     assert merged.length == state.length == 9
+    view = state.rows(slice(1, 3))  # a slice gives views, an index array copies
+    assert np.shares_memory(view.kv, state.kv) and view.key_sum.shape == (2, 4)
+    assert not np.shares_memory(parts[0][1].kv, state.kv)
 
 
 def test_versions() -> None:
