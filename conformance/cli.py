@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import golden, registry
+from . import golden, golden_layer, registry
 from ._guard import GIB, Limits
 from ._harness import Context
 from .protocol import DTYPES, usable_dtypes
@@ -26,6 +27,9 @@ from .session import run
 from .status import BLOCKED, NOT_APPLICABLE, NOT_CLAIMED, NOT_CONFORMING, PASSED
 
 __all__ = ["main"]
+
+_GOLDEN_SETS = {"attention": golden, "layer": golden_layer}
+"""The golden sets: modules with CASES, default_directory, regenerate and verify."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("requirements", help="list the requirement IDs of the spec")
     gold = sub.add_parser("golden", help="verify or regenerate the golden files")
     gold.add_argument("action", choices=["verify", "regenerate"])
-    gold.add_argument("--dir", help="golden directory (default: the package's)")
+    gold.add_argument("--set", choices=["all", *_GOLDEN_SETS], default="all",
+                      help="which golden set (default all)")
+    gold.add_argument("--dir", help="the set's directory (default: the package's); needs "
+                                    "--set attention or --set layer")
     return parser
 
 
@@ -146,21 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in load_requirements():
             print(f"{r.id:22s} {r.level:6s} {r.feature:14s} {r.title}")
         return 0
-    return _golden(args.action, Path(args.dir) if args.dir else golden.default_directory())
+    if args.dir and args.set == "all":
+        parser.error("golden --dir needs --set attention or --set layer")
+    names = list(_GOLDEN_SETS) if args.set == "all" else [args.set]
+    return max(_golden(args.action, _GOLDEN_SETS[name], args.dir) for name in names)
 
 
-def _golden(action: str, root: Path) -> int:
-    """``golden verify|regenerate``: 1 when the directory does not match its manifest."""
+def _golden(action: str, catalogue: Any, directory: str | None) -> int:
+    """``golden verify|regenerate`` of one set: 1 when its directory does not match its
+    manifest."""
+    root = Path(directory) if directory else catalogue.default_directory()
     if action == "regenerate":
-        golden.regenerate(root)
-        print(f"wrote {len(golden.CASES)} golden cases and {golden.MANIFEST_NAME} to {root}")
-    problems = golden.verify(root)
+        catalogue.regenerate(root)
+        print(f"wrote {len(catalogue.CASES)} golden cases and their manifest to {root}")
+    problems = catalogue.verify(root)
     for problem in problems:
         print(f"problem: {problem}")
     if not problems:
         print(f"ok: {root} matches its manifest")
     return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,14 +9,18 @@ __all__ = ["DTYPES", "FEATURES", "claimed_features", "protocol_problems", "usabl
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 """Dtype names a backend may claim, from least to most precise."""
 
-FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad"})
+FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad", "layer"})
 """Optional features (spec 10.2); "core" is always required."""
 
 
 def claimed_features(backend: Any) -> frozenset[str]:
-    """Features the backend claims, plus "core"."""
+    """Features the backend claims, plus "core". Without a `features` attribute: all, except
+    "layer" when the backend has no `layer` method."""
     features = getattr(backend, "features", None)
-    return frozenset({"core"}) | (FEATURES if features is None else frozenset(features))
+    if features is None:
+        has_layer = callable(getattr(backend, "layer", None))
+        features = FEATURES if has_layer else FEATURES - {"layer"}
+    return frozenset({"core"}) | frozenset(features)
 
 
 def protocol_problems(backend: Any) -> list[str]:
@@ -38,6 +42,8 @@ def protocol_problems(backend: Any) -> list[str]:
             problems.append(f"`features` names unknown features {sorted(features - FEATURES)}")
         elif "grad" in features and not callable(getattr(backend, "gradients", None)):
             problems.append('`features` claims "grad" but `gradients` is not callable')
+        elif "layer" in features and not callable(getattr(backend, "layer", None)):
+            problems.append('`features` claims "layer" but `layer` is not callable')
     return problems
 
 

@@ -1,4 +1,4 @@
-"""An independent arbitrary-precision evaluation of the ZeroS definition (spec section 2).
+"""An independent arbitrary-precision evaluation of the ZeroS definition (spec sections 2, 13).
 
 Written directly from the formulas of spec sections 2 and 3 (ZS-LOG-DEFAULT) with plain Python
 loops over mpmath numbers (``mp.dps = 50``), so it shares no code and no algorithm with
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from mpmath import mp
 
-__all__ = ["DPS", "attention", "deviation_logits", "weights"]
+__all__ = ["DPS", "attention", "deviation_logits", "layer", "weights"]
 
 DPS = 50
 """Decimal digits of the evaluation."""
@@ -217,4 +217,72 @@ def deviation_logits(
                 causal=causal,
             )
             out[index] = [float(x) for x in s]
+    return out
+
+
+# -- The layer (spec section 13) -----------------------------------------------------------------
+
+
+def _linear(row: Vector, w: list[Vector], b: Vector) -> Vector:
+    """row @ w + b, with w given as rows of the (in, out) matrix."""
+    return [mp.fsum(row[i] * w[i][j] for i in range(len(row))) + b[j] for j in range(len(b))]
+
+
+def _rotate(x: Vector, position: int, pairing: str | None) -> Vector:
+    """RoPE of one head vector at `position`: pair j turns by position * 10000^(-2j/d)."""
+    if pairing is None:
+        return list(x)
+    d, out = len(x), list(x)
+    for j in range(d // 2):
+        angle = position * mp.power(10000, -mp.mpf(2 * j) / d)
+        a, b = (j, j + d // 2) if pairing == "half" else (2 * j, 2 * j + 1)
+        out[a] = x[a] * mp.cos(angle) - x[b] * mp.sin(angle)
+        out[b] = x[a] * mp.sin(angle) + x[b] * mp.cos(angle)
+    return out
+
+
+def _layer_norm(x: Vector) -> Vector:
+    mean = mp.fsum(x) / len(x)
+    var = mp.fsum((c - mean) ** 2 for c in x) / len(x)
+    return [(c - mean) / mp.sqrt(var + _mpf(1e-5)) for c in x]
+
+
+def layer_sequence(x: list[Vector], p: dict[str, Any], *, heads: int, causal: bool,
+                   first_layer: bool, rope: str | None, norm: bool) -> list[Vector]:
+    """The layer of spec table 13.1 for one sequence x (N rows of Dm), params as mp lists."""
+    n, dm = len(x), len(x[0])
+    d = dm // heads
+    proj = {c: [_linear(row, p[f"w{c}"], p[f"b{c}"]) for row in x] for c in "qkvug"}
+    merged: list[Vector] = [[] for _ in range(n)]
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        q, k, v, u = ([row[cols] for row in proj[c]] for c in "qkvu")
+        gate = [row[3 * h:3 * h + 3] for row in proj["g"]]
+        g1 = [1 / (1 + mp.exp(-g[0])) for g in gate]
+        gh = [1 / (1 + mp.exp(-g[1])) for g in gate]
+        g0 = [mp.tanh(g[2]) if first_layer else mp.zero for g in gate]
+        s = deviation_logits_sequence(u, mu=p["mu"][h], tau=mp.exp(p["log_tau"][h]),
+                                      causal=causal)
+        q = [_rotate(row, t, rope) for t, row in enumerate(q)]
+        k = [_rotate(row, t, rope) for t, row in enumerate(k)]
+        out = attention_sequence(q, k, v, s, g1, gh, g0, causal=causal)
+        for t in range(n):
+            merged[t] += _layer_norm(out[t]) if norm else out[t]
+    return [_linear(row, p["wo"], p["bo"]) for row in merged]
+
+
+def layer(x: np.ndarray, params: dict[str, np.ndarray], *, heads: int, causal: bool = True,
+          first_layer: bool = False, rope: str | None = "half", norm: bool = True) -> np.ndarray:
+    """The layer for float64 numpy x (*B, N, Dm) and parameters, rounded to float64."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty(x.shape)
+    with mp.workdps(DPS):
+        p = {}
+        for name, value in params.items():
+            value = np.asarray(value, dtype=np.float64)
+            p[name] = (_vectors(value) if value.ndim == 2 else [_mpf(c) for c in value])
+        for index in np.ndindex(*x.shape[:-2]):
+            rows = layer_sequence(_vectors(x[index]), p, heads=heads, causal=causal,
+                                  first_layer=first_layer, rope=rope, norm=norm)
+            out[index] = [[float(c) for c in row] for row in rows]
     return out

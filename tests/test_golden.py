@@ -97,7 +97,7 @@ def test_edited_byte_is_detected(copy: Path) -> None:
     assert len(problems) == 1 and name in problems[0] and "SHA-256" in problems[0]
     with pytest.raises(golden.GoldenIntegrityError, match=re.escape(name)):
         golden.load(copy)
-    assert cli.main(["golden", "verify", "--dir", str(copy)]) == 1
+    assert cli.main(["golden", "verify", "--set", "attention", "--dir", str(copy)]) == 1
 
 
 def test_missing_file_is_detected(copy: Path) -> None:
@@ -178,7 +178,7 @@ def test_regeneration_is_byte_identical(regenerated: tuple[Path, Path]) -> None:
 
 def test_regenerate_removes_stale_case_files(tmp_path: Path) -> None:
     (tmp_path / "old_case.npz").write_bytes(b"stale")
-    assert cli.main(["golden", "regenerate", "--dir", str(tmp_path)]) == 0
+    assert cli.main(["golden", "regenerate", "--set", "attention", "--dir", str(tmp_path)]) == 0
     assert not (tmp_path / "old_case.npz").exists()
     assert golden.verify(tmp_path) == []
 

@@ -184,7 +184,7 @@ def test_rope_errors() -> None:
 PUBLIC = {
     "DEFAULT_CHUNK_SIZE", "SPEC_VERSION", "State", "__version__", "attention",
     "explicit_attention", "weights", "deviation_logits", "quadratic_logits", "mean_logits",
-    "rope", "kernel",
+    "rope", "kernel", "layer", "LayerState", "PARAMETERS", "random_layer_params",
 }
 
 KERNEL = {

@@ -48,7 +48,7 @@ def test_every_requirement_is_cited_by_a_test_and_no_unknown_id_is() -> None:
 
 def test_features_are_known() -> None:
     assert {r.feature for r in load_requirements()} <= {
-        "core", "bidirectional", "state", "default_logits", "grad"}
+        "core", "bidirectional", "state", "default_logits", "grad", "layer"}
 
 
 def test_tolerance_table_matches_the_code() -> None:

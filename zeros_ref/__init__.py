@@ -9,7 +9,9 @@ names start with an underscore are private.
 
 from . import kernel
 from ._attention import DEFAULT_CHUNK_SIZE, attention
+from ._layer import LayerState, layer
 from ._logits import deviation_logits, mean_logits, quadratic_logits
+from ._params import PARAMETERS, random_layer_params
 from ._rope import rope
 from ._state import State
 from ._weights import explicit_attention, weights
@@ -19,15 +21,19 @@ SPEC_VERSION = "0.2"
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "PARAMETERS",
     "SPEC_VERSION",
+    "LayerState",
     "State",
     "__version__",
     "attention",
     "deviation_logits",
     "explicit_attention",
     "kernel",
+    "layer",
     "mean_logits",
     "quadratic_logits",
+    "random_layer_params",
     "rope",
     "weights",
 ]

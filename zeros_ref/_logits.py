@@ -32,11 +32,13 @@ def running_mean_logits(xp: Any, u: Any, prior_sum: Any, prior_weight: Any) -> A
     ``s_i = -<u_i, ubar_i> / sqrt(D)``. Used by `deviation_logits` (prior ``tau*mu``, ``tau``)
     and by streaming `attention`, whose state carries the sum and count of earlier keys.
 
-    Shapes: u (..., C, D); prior_sum (..., D) or scalar; prior_weight scalar. Returns (..., C).
+    Shapes: u (..., C, D); prior_sum (..., D) or scalar; prior_weight scalar or (..., 1) (one
+    per leading index, as the layer's per-head tau). Returns (..., C).
     """
     c, d = u.shape[-2], u.shape[-1]
-    count = prior_weight + xp.arange(1, c + 1, dtype=u.dtype, device=device(u))  # (C,)
-    ubar = (xp.expand_dims(prior_sum, axis=-2) + xp.cumulative_sum(u, axis=-2)) / count[:, None]
+    count = prior_weight + xp.arange(1, c + 1, dtype=u.dtype, device=device(u))  # (..., C)
+    ubar = (xp.expand_dims(prior_sum, axis=-2) + xp.cumulative_sum(u, axis=-2))
+    ubar = ubar / count[..., :, None]
     return -xp.sum(u * ubar, axis=-1) / math.sqrt(d)  # (..., C)
 
 
