@@ -12,11 +12,11 @@ __all__ = ["ReferenceBackend", "backend"]
 
 
 class ReferenceBackend:
-    """`zeros_ref.attention` behind the backend protocol of spec section 10."""
+    """`zeros_ref.attention` and `zeros_ref.layer` behind the backend protocol of spec 10."""
 
     name = "reference"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits"})
+    features = frozenset({"bidirectional", "state", "default_logits", "layer"})
     device = "cpu"
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> np.ndarray:
@@ -27,6 +27,9 @@ class ReferenceBackend:
 
     def attention(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
         return zeros_ref.attention(q, k, v, **options)
+
+    def layer(self, x: Any, params: Any, **options: Any) -> Any:
+        return zeros_ref.layer(x, params, **options)
 
 
 backend = ReferenceBackend()

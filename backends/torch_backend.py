@@ -28,7 +28,7 @@ Checkpointing each chunk (recomputing it in backward) would trade that for time 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ class TorchBackend:
     """
 
     dtypes = ("float16", "bfloat16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits", "grad"})
+    features = frozenset({"bidirectional", "state", "default_logits", "grad", "layer"})
 
     def __init__(self, device: str = "cpu", *, name: str | None = None,
                  chunk_size: int | None = None) -> None:
@@ -142,6 +142,25 @@ class TorchBackend:
             q, k, v, logits=logits, first=first, higher=higher, zero=zero, causal=causal,
             state=state, return_state=return_state, chunk_size=self.chunk_size,
         )
+
+    def layer(
+        self,
+        x: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        *,
+        heads: int,
+        causal: bool = True,
+        first_layer: bool = False,
+        rope: str | None = "half",
+        norm: bool = True,
+        state: zeros_ref.LayerState | None = None,
+        return_state: bool = False,
+    ) -> Any:
+        """The ZeroS layer on tensors (spec section 13): `zeros_ref.layer` with this backend's
+        `attention` as its core. Differentiable in `x` and every parameter."""
+        return zeros_ref.layer(x, params, heads=heads, causal=causal, first_layer=first_layer,
+                               rope=rope, norm=norm, state=state, return_state=return_state,
+                               attention=self.attention)
 
     def gradients(
         self,

@@ -174,3 +174,25 @@ def test_full_runs_are_not_flaky(tmp_path: Path, backend: str, seed: int) -> Non
     report = tmp_path / "full.json"
     code = cli.main(["run", "--backend", backend, "--seed", str(seed), "--report", str(report)])
     assert code == 0, statuses(json.loads(report.read_text()))
+
+
+LAYERS = BACKENDS / "broken_layer.py"
+LAYER_IDS = [r for r in ALL_IDS if r.startswith("ZS-LAYER")]
+
+
+@pytest.mark.parametrize(("mutant", "failing"), [
+    ("layer", set()),
+    ("authors_rope", {"ZS-LAYER-ROPE", "ZS-LAYER-REFERENCE"}),
+    ("count_tau_plus_i", {"ZS-LAYER-REFERENCE"}),
+])
+def test_layers_of_published_mistakes_are_rejected(
+    tmp_path: Path, mutant: str, failing: set[str]
+) -> None:
+    """The layer is written from spec table 13.1 independently of zeros_ref.layer; its twins
+    plant the authors' RoPE construction and the tau + i bidirectional count."""
+    extra = [arg for r in LAYER_IDS for arg in ("--only", r)]
+    code, report = run(tmp_path, f"{LAYERS}:{mutant}", *extra)
+    found = {i for i, s in statuses(report).items() if s == "failed"}
+    assert found == failing
+    assert code == int(bool(failing))
+    assert statuses(report)["ZS-LAYER-STREAM"] == "not applicable"  # no "state" claimed

@@ -59,3 +59,14 @@ def test_kernel_example_raises_the_references_errors() -> None:
     with pytest.raises(ValueError, match="`k` must have the same last axis as `q`"):
         namespace["attention"](q, k[..., :3], v)
     assert namespace["attention"](q, k, v) is None  # the body is the reader's to write
+
+
+def test_layer_examples_run() -> None:
+    layer_block = next(b for b in blocks("python") if "zeros_ref.layer(" in b)
+    namespace: dict = {}
+    exec(layer_block, namespace)
+    assert namespace["expected"].shape == (2, 128, 64)
+    pytest.importorskip("torch", reason="the module needs torch")
+    module_block = next(b for b in blocks("python") if "ZeroSAttention(" in b)
+    exec(module_block, namespace)
+    assert list(namespace["same"].state_dict()) == list(namespace["params"])

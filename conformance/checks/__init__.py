@@ -1,6 +1,17 @@
 """Conformance checks, one module per spec section; importing this registers them all."""
 
-from . import accuracy, api, complexity, definition, dtypes, errors, gradients, stability, streaming
+from . import (
+    accuracy,
+    api,
+    complexity,
+    definition,
+    dtypes,
+    errors,
+    gradients,
+    layer,
+    stability,
+    streaming,
+)
 
 __all__ = [
     "accuracy",
@@ -10,6 +21,7 @@ __all__ = [
     "dtypes",
     "errors",
     "gradients",
+    "layer",
     "stability",
     "streaming",
 ]
