@@ -4,8 +4,8 @@
 | backend | mistake | requirement that must fail |
 | --- | --- | --- |
 | layer | none: the correct twin | (passes every ZS-LAYER-*) |
-| authors_rope | interleaved cos/sin tables rotated with the half-split rotate_half | ZS-LAYER-ROPE |
-| count_tau_plus_i | bidirectional logits divide by tau + i instead of tau + N | ZS-LAYER-REFERENCE |
+| authors_rope | interleaved cos/sin tables, half-split rotate_half | ZS-LAYER-ROPE |
+| count_tau_plus_i | bidirectional logits over tau + i, not tau + N | ZS-LAYER-REFERENCE |
 """
 
 from __future__ import annotations
