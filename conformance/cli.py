@@ -172,3 +172,7 @@ def _golden(action: str, catalogue: Any, directory: str | None) -> int:
     if not problems:
         print(f"ok: {root} matches its manifest")
     return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

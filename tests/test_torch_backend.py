@@ -72,7 +72,8 @@ def test_protocol_attributes() -> None:
     assert (cuda_backend.name, cuda_backend.device) == ("torch-cuda", "cuda")
     for b in (backend, cuda_backend):
         assert b.dtypes == DTYPES
-        assert b.features == frozenset({"bidirectional", "state", "default_logits", "grad"})
+        assert b.features == frozenset({"bidirectional", "state", "default_logits", "grad",
+                                        "layer"})
     # The CPU backend leaves memory to the suite's resident-size probe; CUDA counts its own.
     assert not hasattr(backend, "memory_peak")
     assert callable(cuda_backend.memory_peak)
