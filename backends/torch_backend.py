@@ -35,6 +35,9 @@ import numpy as np
 import torch
 
 import zeros_ref
+from zeros_ref import kernel
+
+from . import torch_chunked
 
 __all__ = ["CHUNK_SIZE", "TorchBackend", "backend", "cuda_backend"]
 
@@ -138,10 +141,12 @@ class TorchBackend:
         Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8);
         the result is differentiable in every tensor argument (ZS-GRAD).
         """
-        return zeros_ref.attention(
-            q, k, v, logits=logits, first=first, higher=higher, zero=zero, causal=causal,
-            state=state, return_state=return_state, chunk_size=self.chunk_size,
-        )
+        inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
+                                       zero=zero, causal=causal, state=state,
+                                       return_state=return_state)
+        out, end = torch_chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
+                                           return_state=return_state)
+        return (out, end) if return_state else out
 
     def layer(
         self,
