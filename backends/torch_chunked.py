@@ -24,15 +24,20 @@ Shapes: R rows (the flattened leading axes), N tokens padded to nc chunks of C, 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-__all__ = ["GROUP", "attention"]
+__all__ = ["GROUP", "SLAB", "attention"]
 
 GROUP = 16
 """Chunks per group of the two-level scan of F and E."""
+SLAB = 16
+"""Chunks whose C x C weights are formed together when gradients are recorded, so that the
+backward pass recomputes them a slab at a time (without autograd: all chunks at once)."""
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -162,6 +167,20 @@ def _spoil(x: torch.Tensor, spoilt: torch.Tensor) -> torch.Tensor:
     return torch.where(flags, torch.full_like(x, float("nan")), x)
 
 
+def _recomputed(step: Any, *args: Any) -> Any:
+    """`step(*args)`; when gradients are recorded, its intermediates are recomputed in the
+    backward pass instead of kept (activation checkpointing): training memory stays a small
+    multiple of the inputs rather than of every C x C and (D, Dv) temporary."""
+    if _recording(*(x for x in args if isinstance(x, torch.Tensor))):
+        return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
+    return step(*args)
+
+
+def _recording(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on these tensors (a flag, not tensor data)."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+
+
 def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
                    gates: tuple[torch.Tensor, ...], n: int) -> torch.Tensor:
     """Spec 4.3: one whole-sequence state, read by every row with n = N."""
@@ -201,14 +220,22 @@ def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: t
     t = st.length + torch.arange(1, length + 1, dtype=s.dtype, device=s.device)  # (L,)
     mean_rel = (st.length * st.mean_offset[:, None] + _prefix_sum(rel, chunk)) / t  # (R, L)
     # Step 6 for every chunk, then the states each chunk reads (step 5).
-    before, last = _chunk_states(st, kh, v, s, rel, valid, m_prev, m_end, chunk)
+    before, last = _recomputed(_chunk_states, st, kh, v, s, rel, valid, m_prev, m_end, chunk)
     f_before, e_before, g_before, h_before = before
     # Steps 2-4: the chunk's own keys, C x C with each row's frame.
     decay = torch.exp(m_prev[..., None] - m_row)  # (R, nc, C) <= 1
     tc, mean_c = t.reshape(nc, chunk), mean_rel.reshape(rows, nc, chunk)
     qc, vc = qh.reshape(rows, nc, chunk, d), v.reshape(rows, nc, chunk, dv)
-    out, a, b, c = _within_chunks(qc, kh.reshape(rows, nc, chunk, d), vc, s, rel, m_row,
-                                  decay * e_before[..., None], mean_c, gates, tc)
+    kc, e_carried = kh.reshape(rows, nc, chunk, d), decay * e_before[..., None]
+    s3, rel3 = s.reshape(rows, nc, chunk), rel.reshape(rows, nc, chunk)
+    g3 = tuple(g.reshape(rows, nc, chunk) for g in gates)
+    slab = SLAB if _recording(qc, kc, vc, s3, *g3) else nc  # all at once without autograd
+    parts = [_recomputed(_within_chunks, qc[:, j:j + slab], kc[:, j:j + slab],
+                         vc[:, j:j + slab], s3[:, j:j + slab], rel3[:, j:j + slab],
+                         m_row[:, j:j + slab], e_carried[:, j:j + slab], mean_c[:, j:j + slab],
+                         tuple(g[:, j:j + slab] for g in g3), tc[j:j + slab])
+             for j in range(0, nc, slab)]
+    out, a, b, c = (torch.cat(x, dim=1) for x in zip(*parts))
     # Step 5: earlier chunks through the state, coefficients moved to row t's frame.
     out = out + (a * decay)[..., None] * (qc @ f_before)
     out = out + b[..., None] * (qc @ g_before)
@@ -262,22 +289,21 @@ def _within_chunks(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, s: torc
 
     W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for i <= t, with
     a_t = gh_t / E_t, E_t the carried part `e_carried` plus the chunk's own exponentials.
-    Shapes: qc, kc (R, nc, C, D); vc (R, nc, C, Dv); s, rel (R, L); m_row, e_carried, mean_c
-    (R, nc, C); gates (R, L); tc (nc, C).
+    Shapes: qc, kc (R, nc, C, D); vc (R, nc, C, Dv); s, rel, m_row, e_carried, mean_c and the
+    gates (R, nc, C); tc (nc, C).
     """
-    rows, nc, chunk, _ = qc.shape
-    g1, gh, g0 = (g.reshape(rows, nc, chunk) for g in gates)
+    g1, gh, g0 = gates
+    chunk = qc.shape[2]
     index = torch.arange(chunk, device=s.device)
     visible = index[None, :] <= index[:, None]  # (C, C)
-    gap = torch.where(visible, s.reshape(rows, nc, 1, chunk) - m_row[..., None],
-                      float("-inf"))
+    gap = torch.where(visible, s[..., None, :] - m_row[..., None], float("-inf"))
     e = torch.exp(gap)  # (R, nc, C, C): exp(s_i - m_t), 0 above the diagonal
     del gap
     a = gh / (e_carried + e.sum(dim=-1))  # E_t >= 1
     b, c = (g1 - gh) / tc, (g0 - gh) / tc
     r = a[..., None] * e
     del e
-    r = r + b[..., None] * (rel.reshape(rows, nc, 1, chunk) - mean_c[..., None]) + c[..., None]
+    r = r + b[..., None] * (rel[..., None, :] - mean_c[..., None]) + c[..., None]
     weights = torch.where(visible, r * (qc @ kc.transpose(-1, -2)), torch.zeros_like(r))
     del r
     return weights @ vc, a, b, c

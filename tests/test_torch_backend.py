@@ -4,6 +4,7 @@ conformance suite."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import shutil
@@ -18,6 +19,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed: the torch b
                             "not tested (pip install 'zeros-attention-spec[torch]')")
 
 from conftest import Case, draw_case  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import zeros_ref  # noqa: E402
 from zeros_backends.torch_backend import TorchBackend, backend, cuda_backend  # noqa: E402
@@ -267,18 +269,80 @@ def test_float32_gradients_agree_with_float64(causal: bool, logits: str,
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_torch_compile_matches_eager(rng: np.random.Generator) -> None:
-    """Compiled (inductor, with graph breaks at the reference's data-dependent guard) equals
-    eager, across two chunks with the state passed between them."""
+def test_torch_compile_fullgraph_matches_eager(rng: np.random.Generator) -> None:
+    """torch.compile(fullgraph=True) traces forward and backward without a graph break (the
+    chunk-parallel form has no branch on tensor data) and equals eager mode, across chunks
+    with per-step gates and explicit logits."""
     torch._dynamo.reset()
-    case = draw_case(rng, 70, d=8, dv=4, batch=(2,))
+    case = draw_case(rng, 70, d=8, dv=4, batch=(2,), gates="random")
     (q, k, v), options = tensors(backend, case, "float32")
-    compiled = torch.compile(backend.attention)
-    out = compiled(q, k, v, **options)
-    eager = backend.attention(q, k, v, **options)
-    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
-    reference_check(out, rounded(backend, case, "float32"), "float32", causal=True,
-                    what="torch.compile")
+    leaves = [x.detach().requires_grad_(True) for x in (q, k, v, options["logits"])]
+
+    def loss(q, k, v, logits):
+        return backend.attention(q, k, v, **{**options, "logits": logits}).square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    value = compiled(*leaves)
+    grads = torch.autograd.grad(value, leaves)
+    eager_value = loss(*leaves)
+    eager_grads = torch.autograd.grad(eager_value, leaves)
+    torch.testing.assert_close(value, eager_value, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+class _Dispatched(TorchDispatchMode):
+    """Counts the aten operations dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def syncs(self) -> int:
+        return sum(self.ops[name] for name in ("_local_scalar_dense", "is_nonzero", "item"))
+
+
+def _sync_cases(rng: np.random.Generator):
+    n = 150
+    finite = draw_case(rng, n, d=8, dv=4, batch=(2,), gates="random")
+    poisoned = draw_case(rng, n, d=8, dv=4, batch=(2,), gates="random")
+    poisoned.v = poisoned.v.copy()
+    poisoned.v[0, 77, 1] = np.nan
+    poisoned.logits = poisoned.logits.copy()
+    poisoned.logits[1, 30] = np.inf
+    default = draw_case(rng, n, d=8, dv=4, batch=(2,), explicit_logits=False)
+    wide = draw_case(rng, n, d=8, dv=4, batch=(2,), logit_scale=3e3)
+    return {"finite": finite, "non-finite": poisoned, "default logits": default,
+            "wide logits": wide}
+
+
+@pytest.mark.parametrize("state", [False, True], ids=["no state", "state"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_no_host_sync_in_forward_or_backward(causal: bool, state: bool,
+                                             rng: np.random.Generator) -> None:
+    """No `_local_scalar_dense`, `is_nonzero` or `item` (each a device sync on CUDA) in a
+    forward or a backward call, for finite and non-finite inputs, explicit and default logits,
+    per-step gates, with and without a carried state."""
+    if state and not causal:
+        pytest.skip("a state needs causal=True")
+    for label, case in _sync_cases(rng).items():
+        (q, k, v), options = tensors(backend, case, "float32")
+        leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+        carried = None
+        if state:
+            _, carried = backend.attention(*(x[:, :40] for x in (q, k, v)), return_state=True)
+        with _Dispatched() as forward:
+            out = backend.attention(*leaves, **options, causal=causal,
+                                    **({"state": carried} if state else {}))
+        with _Dispatched() as backward:
+            torch.where(torch.isfinite(out), out, 0.0).sum().backward()
+        assert (forward.syncs, backward.syncs) == (0, 0), (label, forward.ops, backward.ops)
+        assert sum(forward.ops.values()) > 50  # the counter does see the work
 
 
 # -- training memory ----------------------------------------------------------------------------
