@@ -114,3 +114,12 @@ def test_blas_threads_limits_and_restores() -> None:
     after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
     assert inside and set(inside) == {1}
     assert after == before
+
+
+def test_dispatch_counts_operations_and_syncs() -> None:
+    torch = pytest.importorskip("torch", reason="counts torch dispatches")
+    from zeros_bench import dispatch
+
+    x = torch.ones(4)
+    assert dispatch.count(lambda: (x + 1) * 2) == {"ops": 2, "syncs": 0}
+    assert dispatch.count(lambda: float((x * 3).sum())) == {"ops": 3, "syncs": 1}

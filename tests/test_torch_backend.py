@@ -431,3 +431,6 @@ def test_bench_times_the_torch_backend(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert report["backend"] == "torch" and report["softmax"].startswith("torch")
     assert all(row["backend"]["min"] > 0 for row in report["configs"]["quick"])
+    assert report["chunk_size"] == backend.chunk_size
+    for row in report["configs"]["quick"]:  # GPU-readiness, counted on CPU tensors
+        assert row["dispatch"]["syncs"] == 0 and 50 < row["dispatch"]["ops"] < 2000

@@ -22,6 +22,7 @@ import numpy as np
 import zeros_ref
 from zeros_machine import blas_threads, cpus
 
+from . import dispatch
 from .configs import Shape
 
 __all__ = [
@@ -202,6 +203,8 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     elif isinstance(bq, np.ndarray):  # tracemalloc sees NumPy's allocations only
         row["peak_bytes"] = peak_memory(run)
     row["input_bytes"] = int(sum(x.nbytes for x in (q, k, v, s)))
+    if type(bq).__module__.startswith("torch"):  # launches and syncs a GPU would pay
+        row["dispatch"] = dispatch.count(run)
     row["flops"] = chunked_flops(shape, chunk_size(backend))
     if str(getattr(backend, "device", "cpu")) == "cpu":
         row["product_flops"] = product_rate(shape, chunk_size(backend),

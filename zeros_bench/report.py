@@ -52,6 +52,13 @@ def table(report: dict) -> str:
                 f"{opt('reference_vs_one_worker')} {opt('time_8n_ratio')} "
                 f"{row['peak_bytes'] / 2**20 if 'peak_bytes' in row else float('nan'):8.2f} "
                 f"{opt('memory_8n_ratio')}")
+    counted = [(name, row) for name, rows in report["configs"].items() for row in rows
+               if row.get("dispatch")]
+    if counted:
+        lines.append("torch dispatch per forward call (ops / host syncs), chunk "
+                     f"{report['chunk_size']}: " + ", ".join(
+                         f"N={row['n']} {row['dispatch']['ops']} / {row['dispatch']['syncs']}"
+                         for _, row in counted))
     decode = report["decode"]
     steps = ", ".join(f"{c} tokens {t['min'] * 1e6:.0f} us" for c, t in decode["times"].items())
     lines.append(f"decode step (bh={decode['bh']}, one token with state): {steps}; "
