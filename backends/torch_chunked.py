@@ -10,9 +10,12 @@ operations and no data-dependent branches:
   chunk maxima); row t of chunk c reads it with ``exp(M_{c-1} - m_t) <= 1``.
 - **Scans.** The first-order sum is kept relative to s_ref, a logit every row of the call sees
   (the first one, or the state's running max), which makes G' and H plain cumulative sums over
-  the chunk updates. Only F and E decay, ``S_c = exp(M_{c-1} - M_c) S_{c-1} + U_c``: a scan in
-  two levels, a decay matrix inside groups of `GROUP` chunks and a short loop over groups
-  (``N / (C GROUP)`` steps of two operations).
+  the chunk updates. Only F and E decay, ``S_c = exp(M_{c-1} - M_c) S_{c-1} + U_c``. The
+  chunks are taken a slab of `SLAB` (`SLAB_TRAINING` with autograd) at a time: inside a slab
+  every chunk at once (a decay matrix with exponents <= 0 for F and E), between slabs a
+  carry, so the work is linear in N and a call dispatches a few dozen operations per slab.
+  With autograd each slab is checkpointed: its intermediates are recomputed in the backward
+  pass instead of kept.
 - **Non-finite values** (ZS-ERR-NONFINITE, -V). Inputs are replaced by zeros where they are
   not finite, the form runs on finite numbers, and the rows a non-finite value reaches (its
   own row for q and the gates, every later row for k, v and the logits) are set to NaN at the
@@ -31,13 +34,12 @@ import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-__all__ = ["GROUP", "SLAB", "attention"]
+__all__ = ["SLAB", "SLAB_TRAINING", "attention"]
 
-GROUP = 16
-"""Chunks per group of the two-level scan of F and E."""
-SLAB = 16
-"""Chunks whose C x C weights are formed together when gradients are recorded, so that the
-backward pass recomputes them a slab at a time (without autograd: all chunks at once)."""
+SLAB = 32
+"""Chunks computed together: one step of the loop over the sequence."""
+SLAB_TRAINING = 16
+"""The same when gradients are recorded: each slab is a checkpoint, recomputed in backward."""
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -65,37 +67,6 @@ def _prefix_sum(x: torch.Tensor, chunk: int) -> torch.Tensor:
     totals = within[:, :, -1]
     before = torch.cumsum(totals, dim=1) - totals  # exclusive
     return (within + before.unsqueeze(2)).reshape(x.shape)
-
-
-def _scan_decayed(u: torch.Tensor, m_prev: torch.Tensor, m_end: torch.Tensor,
-                  start: torch.Tensor) -> torch.Tensor:
-    """States after every chunk of ``S_c = exp(M_{c-1} - M_c) S_{c-1} + U_c``, S_{-1} = start.
-
-    Shapes: u (R, nc, P) with U_c relative to M_c; m_prev, m_end (R, nc) nondecreasing;
-    start (R, P) relative to m_prev[:, 0]. Returns (R, nc, P), S_c relative to M_c.
-    Inside a group of `GROUP` chunks, ``S_c = sum_j exp(M_j - M_c) U_j`` is one product with
-    a decay matrix (every exponent <= 0); the carry between groups is a loop over groups.
-    """
-    r, nc, p = u.shape
-    groups = -(-nc // GROUP)
-    pad = groups * GROUP - nc
-    if pad:  # empty chunks: no update, no growth of the max
-        u = torch.cat([u, u.new_zeros(r, pad, p)], dim=1)
-        m_end = torch.cat([m_end, m_end[:, -1:].expand(r, pad)], dim=1)
-    mg = m_end.reshape(r, groups, GROUP)
-    j = torch.arange(GROUP, device=u.device)
-    lower = j[None, :] <= j[:, None]  # (GROUP, GROUP): chunk j feeds chunk c >= j
-    gap = torch.where(lower, mg[..., None, :] - mg[..., :, None], float("-inf"))
-    inside = torch.exp(gap) @ u.reshape(r, groups, GROUP, p)  # (R, groups, GROUP, P)
-    # The carry into each group, relative to the max before the group, then moved to M_c.
-    first_prev = torch.cat([m_prev[:, :1], mg[:, :-1, -1]], dim=1)  # (R, groups)
-    carries, carry = [], start
-    for g in range(groups):
-        carries.append(carry)
-        carry = torch.exp(first_prev[:, g] - mg[:, g, -1])[:, None] * carry + inside[:, g, -1]
-    carried = torch.stack(carries, dim=1)  # (R, groups, P)
-    into = torch.exp(first_prev[..., None] - mg)[..., None] * carried[:, :, None]
-    return (inside + into).reshape(r, groups * GROUP, p)[:, :nc]
 
 
 def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> torch.Tensor:
@@ -143,7 +114,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int,
     bad_row = ~(torch.isfinite(q).all(-1) & torch.isfinite(g1) & torch.isfinite(gh)
                 & torch.isfinite(g0))  # (R, L)
     bad_key = (bad_k.any(-1) | bad_v.any(-1) | bad_s) & valid
-    qh, kh = _unit(q), _unit(k)
+    qh, kh = _recomputed(_unit, q), _recomputed(_unit, k)
     if causal:
         out, end = _causal(st, qh, kh, v, s, (g1, gh, g0), n, chunk, return_state)
         poison = bad_row | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0)
@@ -201,10 +172,9 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
 def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
             gates: tuple[torch.Tensor, ...], n: int, chunk: int,
             return_state: bool) -> tuple[torch.Tensor, State | None]:
-    """Spec 4.2 for every chunk at once. Shapes: qh, kh (R, L, D); v (R, L, Dv); s and the
-    gates (R, L); L = nc C >= n real tokens. Returns (R, L, Dv) and the state (rows R; the
-    caller sets its length and key sum). The steps are functions of their own so that their
-    temporaries are freed on return when no gradient is recorded."""
+    """Spec 4.2 for every chunk, a slab of `SLAB` chunks at a time. Shapes: qh, kh (R, L, D);
+    v (R, L, Dv); s and the gates (R, L); L = nc C >= n real tokens. Returns (R, L, Dv) and
+    the state (rows R; the caller sets its length and key sum)."""
     rows, length, d = qh.shape
     dv, nc = v.shape[-1], length // chunk
     valid = torch.arange(length, device=s.device) < n  # (L,) real tokens, not padding
@@ -219,91 +189,106 @@ def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: t
     rel = torch.where(valid, s - s_ref[:, None], torch.zeros_like(s))  # (R, L)
     t = st.length + torch.arange(1, length + 1, dtype=s.dtype, device=s.device)  # (L,)
     mean_rel = (st.length * st.mean_offset[:, None] + _prefix_sum(rel, chunk)) / t  # (R, L)
-    # Step 6 for every chunk, then the states each chunk reads (step 5).
-    before, last = _recomputed(_chunk_states, st, kh, v, s, rel, valid, m_prev, m_end, chunk)
-    f_before, e_before, g_before, h_before = before
-    # Steps 2-4: the chunk's own keys, C x C with each row's frame.
-    decay = torch.exp(m_prev[..., None] - m_row)  # (R, nc, C) <= 1
-    tc, mean_c = t.reshape(nc, chunk), mean_rel.reshape(rows, nc, chunk)
-    qc, vc = qh.reshape(rows, nc, chunk, d), v.reshape(rows, nc, chunk, dv)
-    kc, e_carried = kh.reshape(rows, nc, chunk, d), decay * e_before[..., None]
-    s3, rel3 = s.reshape(rows, nc, chunk), rel.reshape(rows, nc, chunk)
-    g3 = tuple(g.reshape(rows, nc, chunk) for g in gates)
-    slab = SLAB if _recording(qc, kc, vc, s3, *g3) else nc  # all at once without autograd
-    parts = [_recomputed(_within_chunks, qc[:, j:j + slab], kc[:, j:j + slab],
-                         vc[:, j:j + slab], s3[:, j:j + slab], rel3[:, j:j + slab],
-                         m_row[:, j:j + slab], e_carried[:, j:j + slab], mean_c[:, j:j + slab],
-                         tuple(g[:, j:j + slab] for g in g3), tc[j:j + slab])
-             for j in range(0, nc, slab)]
-    out, a, b, c = (torch.cat(x, dim=1) for x in zip(*parts))
-    # Step 5: earlier chunks through the state, coefficients moved to row t's frame.
-    out = out + (a * decay)[..., None] * (qc @ f_before)
-    out = out + b[..., None] * (qc @ g_before)
-    out = out + (c - b * mean_c)[..., None] * (qc @ h_before)
+    # Key weights relative to their chunk's end frame, exp(s_i - M_c) <= 1 (0 for padding).
+    w = torch.exp(torch.where(valid.reshape(nc, chunk), s.reshape(rows, nc, chunk)
+                              - m_end[..., None], float("-inf")))  # (R, nc, C)
+    # The sums before the call: F relative to m_prev, E, G' about s_ref (not sbar), H.
+    f0, g_prev, h0 = st.kv[:, State.F], st.kv[:, State.G], st.kv[:, State.H]
+    g0_ref = g_prev + st.mean_offset[:, None, None] * h0 if st.length else g_prev
+    carry = (f0, st.normaliser, g0_ref, h0)
+    per_chunk = (qh.reshape(rows, nc, chunk, d), kh.reshape(rows, nc, chunk, d),
+                 v.reshape(rows, nc, chunk, dv), s.reshape(rows, nc, chunk),
+                 rel.reshape(rows, nc, chunk), w, m_row,
+                 torch.exp(m_prev[..., None] - m_row),  # decay of the carried sums, <= 1
+                 mean_rel.reshape(rows, nc, chunk),
+                 *(g.reshape(rows, nc, chunk) for g in gates), m_prev, m_end)
+    # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
+    # slab (each slice's backward would allocate a whole-sized gradient).
+    slab = SLAB_TRAINING if _recording(*per_chunk) else SLAB
+    pieces = zip(torch.split(t.reshape(nc, chunk), slab),
+                 *(torch.split(x, slab, dim=1) for x in per_chunk))
+    outputs = []
+    for args in pieces:
+        out, carry = _recomputed(_slab, *args, *carry)
+        outputs.append(out)
+    out = torch.cat(outputs, dim=1).reshape(rows, length, dv)
     if not return_state:
-        return out.reshape(rows, length, dv), None
-    f_last, e_last, g_last, h_last = last
+        return out, None
+    f_last, e_last, g_last, h_last = carry
     m_last, mean_last = m_end[:, -1], mean_rel[:, n - 1]  # sbar - s_ref after the last token
     kv = torch.stack([f_last, g_last - mean_last[:, None, None] * h_last, h_last], dim=1)
     end = State(length=st.length, running_max=m_last, mean_offset=mean_last + s_ref - m_last,
                 normaliser=e_last, kv=kv, key_sum=st.key_sum)
-    return out.reshape(rows, length, dv), end
+    return out, end
 
 
-def _chunk_states(st: State, kh: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
-                  rel: torch.Tensor, valid: torch.Tensor, m_prev: torch.Tensor,
-                  m_end: torch.Tensor, chunk: int) -> tuple[tuple, tuple]:
-    """The sums every chunk reads (F relative to M_{c-1}, E, G' about s_ref, H), each
-    (R, nc, D, Dv) or (R, nc) for E, and those after the last chunk (F, E, G', H)."""
-    rows, length, d = kh.shape
-    dv, nc = v.shape[-1], length // chunk
-    # U_c = Kf^T V relative to M_c, features [w kh, (s - s_ref) kh, kh], one product each.
-    w = torch.exp(torch.where(valid.reshape(nc, chunk), s.reshape(rows, nc, chunk)
-                              - m_end[..., None], float("-inf"))).reshape(rows, length)
-    kc_t = kh.reshape(rows, nc, chunk, d).transpose(-1, -2)  # (R, nc, D, C)
-    update_f = kc_t @ (w[..., None] * v).reshape(rows, nc, chunk, dv)  # (R, nc, D, Dv)
-    update_g = kc_t @ (rel[..., None] * v).reshape(rows, nc, chunk, dv)
-    update_h = kc_t @ v.reshape(rows, nc, chunk, dv)
-    # F and E decay with the running max; G' (about s_ref) and H are cumulative sums.
-    f0, g_prev, h0 = st.kv[:, State.F], st.kv[:, State.G], st.kv[:, State.H]
-    g0_ref = g_prev + st.mean_offset[:, None, None] * h0 if st.length else g_prev
-    start = torch.cat([f0.reshape(rows, d * dv), st.normaliser[:, None]], dim=1)
-    decayed = torch.cat([update_f.reshape(rows, nc, d * dv),
-                         w.reshape(rows, nc, chunk).sum(dim=-1, keepdim=True)], dim=2)
-    fe = _scan_decayed(decayed, m_prev, m_end, start)  # (R, nc, D Dv + 1) after each chunk
-    fe_before = torch.cat([start[:, None], fe[:, :-1]], dim=1)
-    g_before = torch.cumsum(update_g, dim=1) - update_g + g0_ref[:, None]  # exclusive sums
-    h_before = torch.cumsum(update_h, dim=1) - update_h + h0[:, None]
-    before = (fe_before[..., :-1].reshape(rows, nc, d, dv), fe_before[..., -1], g_before,
-              h_before)
-    last = (fe[:, -1, :-1].reshape(rows, d, dv), fe[:, -1, -1],
-            g_before[:, -1] + update_g[:, -1], h_before[:, -1] + update_h[:, -1])
-    return before, last
+def _slab(tc: torch.Tensor, qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+          s: torch.Tensor, rel: torch.Tensor, w: torch.Tensor, m_row: torch.Tensor,
+          decay: torch.Tensor, mean_c: torch.Tensor, g1: torch.Tensor, gh: torch.Tensor,
+          g0: torch.Tensor, m_prev: torch.Tensor, m_end: torch.Tensor, f0: torch.Tensor,
+          e0: torch.Tensor, gref0: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Outputs (R, S, C, Dv) of a slab of S chunks and the sums after it (F, E, G', H).
 
-
-def _within_chunks(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, s: torch.Tensor,
-                   rel: torch.Tensor, m_row: torch.Tensor, e_carried: torch.Tensor,
-                   mean_c: torch.Tensor, gates: tuple[torch.Tensor, ...],
-                   tc: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Steps 2-4: ``W @ V`` of every chunk's own keys, and the row coefficients a, b, c.
-
-    W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for i <= t, with
-    a_t = gh_t / E_t, E_t the carried part `e_carried` plus the chunk's own exponentials.
-    Shapes: qc, kc (R, nc, C, D); vc (R, nc, C, Dv); s, rel, m_row, e_carried, mean_c and the
-    gates (R, nc, C); tc (nc, C).
+    Step 6 for every chunk of the slab, U_c = Kf^T V with features [w kh, (s - s_ref) kh, kh]
+    (F relative to M_c); F and E after chunk c are ``sum_{j<=c} exp(M_j - M_c) U_j`` plus the
+    carry moved from the frame before the slab, one product with a decay matrix whose
+    exponents are all <= 0; G' and H are cumulative sums. Then steps 2-5 (`_chunk_outputs`)
+    with the sums each chunk reads.
     """
-    g1, gh, g0 = gates
+    rows, count = w.shape[0], w.shape[1]
+    d, dv = kc.shape[-1], vc.shape[-1]
+    keys = kc.transpose(-1, -2)  # (R, S, D, C)
+    update_f = (keys @ (w[..., None] * vc)).reshape(rows, count, d * dv)
+    update_g, update_h = keys @ (rel[..., None] * vc), keys @ vc  # (R, S, D, Dv)
+    index = torch.arange(count, device=w.device)
+    lower = index[None, :] <= index[:, None]  # chunk j feeds chunk c >= j
+    gaps = torch.where(lower, m_end[..., None, :] - m_end[..., :, None], float("-inf"))
+    decays = torch.exp(gaps)  # (R, S, S)
+    moved = torch.exp(m_prev[:, :1] - m_end)  # (R, S): the carry into chunk c's frame
+    f_after = decays @ update_f + moved[..., None] * f0.reshape(rows, 1, d * dv)
+    e_after = (decays @ w.sum(dim=-1)[..., None])[..., 0] + moved * e0[:, None]
+    g_after = torch.cumsum(update_g, dim=1) + gref0[:, None]
+    h_after = torch.cumsum(update_h, dim=1) + h0[:, None]
+    f_before = torch.cat([f0.reshape(rows, 1, d * dv), f_after[:, :-1]], dim=1)
+    e_before = torch.cat([e0[:, None], e_after[:, :-1]], dim=1)
+    out = _chunk_outputs(tc, qc, kc, vc, s, rel, m_row, decay, e_before, mean_c, g1, gh, g0,
+                         f_before.reshape(rows, count, d, dv), g_after - update_g,
+                         h_after - update_h)
+    after = (f_after[:, -1].reshape(rows, d, dv), e_after[:, -1], g_after[:, -1],
+             h_after[:, -1])
+    return out, after
+
+
+def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+                   s: torch.Tensor, rel: torch.Tensor, m_row: torch.Tensor,
+                   decay: torch.Tensor, e_before: torch.Tensor, mean_c: torch.Tensor,
+                   g1: torch.Tensor, gh: torch.Tensor, g0: torch.Tensor,
+                   f_before: torch.Tensor, g_before: torch.Tensor,
+                   h_before: torch.Tensor) -> torch.Tensor:
+    """Steps 2-5 of a slab of chunks: outputs (R, nc, C, Dv).
+
+    Within the chunk, W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for
+    i <= t, with a_t = gh_t / E_t and E_t the carried normaliser (moved to row t's frame by
+    `decay`) plus the chunk's own exponentials; then ``qh_t^T (a_t decay_t F + b_t G' +
+    (c_t - b_t (sbar_t - s_ref)) H)`` for the chunks before. Shapes: tc (nc, C); qc, kc
+    (R, nc, C, D); vc (R, nc, C, Dv); s, rel, m_row, decay, mean_c and the gates (R, nc, C);
+    e_before (R, nc); f_before, g_before, h_before (R, nc, D, Dv).
+    """
     chunk = qc.shape[2]
     index = torch.arange(chunk, device=s.device)
     visible = index[None, :] <= index[:, None]  # (C, C)
     gap = torch.where(visible, s[..., None, :] - m_row[..., None], float("-inf"))
     e = torch.exp(gap)  # (R, nc, C, C): exp(s_i - m_t), 0 above the diagonal
     del gap
-    a = gh / (e_carried + e.sum(dim=-1))  # E_t >= 1
+    a = gh / (decay * e_before[..., None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
     b, c = (g1 - gh) / tc, (g0 - gh) / tc
     r = a[..., None] * e
     del e
     r = r + b[..., None] * (rel[..., None, :] - mean_c[..., None]) + c[..., None]
     weights = torch.where(visible, r * (qc @ kc.transpose(-1, -2)), torch.zeros_like(r))
     del r
-    return weights @ vc, a, b, c
+    out = weights @ vc
+    del weights
+    out = out + (a * decay)[..., None] * (qc @ f_before)
+    out = out + b[..., None] * (qc @ g_before)
+    return out + (c - b * mean_c)[..., None] * (qc @ h_before)
