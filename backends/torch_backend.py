@@ -11,9 +11,8 @@ at N = 65536 with C = 256, counted on CPU tensors; the reference's chunk loop to
   it (64 on the CPU, measured fastest among 32, 64, 128 and 256 at N = 8192; 256 on CUDA, an
   estimate still to be tuned on hardware, configurable with ``chunk_size``);
 - gradients (ZS-GRAD) through ``torch.autograd``; when they are recorded each slab of 16
-  chunks is checkpointed (recomputed in backward): peak forward + backward memory 8.3 times
-  the bytes of q, k, v, logits and output at N = 8192 (17 times without), 6.5 times counting
-  only its growth from N = 1024;
+  chunks is checkpointed (recomputed in backward): forward + backward allocates at most 3.1
+  times the bytes of q, k, v, logits and output at N = 8192 (B*H = 8, D = Dv = 64);
 - ``torch.compile(fullgraph=True)`` of forward and backward without graph breaks;
 - on CUDA, the peak of the caching allocator as the memory measure of ZS-ON-MEMORY (the
   process's resident size does not see device memory);

@@ -434,3 +434,5 @@ def test_bench_times_the_torch_backend(tmp_path) -> None:
     assert report["chunk_size"] == backend.chunk_size
     for row in report["configs"]["quick"]:  # GPU-readiness, counted on CPU tensors
         assert row["dispatch"]["syncs"] == 0 and 50 < row["dispatch"]["ops"] < 2000
+        # forward + backward: at least the gradients of q, k, v and the logits are allocated
+        assert row["train_call_bytes"] < row["train_peak_bytes"] < 64 * row["train_call_bytes"]

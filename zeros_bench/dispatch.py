@@ -1,8 +1,11 @@
-"""Dispatched operations and host syncs of a torch call: GPU-readiness on any machine.
+"""What a torch call costs a GPU, measured on any machine: dispatched operations, host syncs
+and the allocator's peak.
 
 On a GPU each dispatched aten operation is at least one kernel launch, and each host sync
 (`_local_scalar_dense`, `is_nonzero`, `item`: Python reading tensor data) drains the queue.
-Counting them on CPU tensors shows what a CUDA run would pay, without a GPU.
+Counting them on CPU tensors shows what a CUDA run would pay, without a GPU. `peak_allocated`
+is the largest sum of bytes allocated and not yet freed while a call runs (the CPU analogue
+of ``torch.cuda.max_memory_allocated``), from the profiler's allocation events.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SYNCS", "count"]
+__all__ = ["SYNCS", "count", "peak_allocated"]
 
 SYNCS = ("_local_scalar_dense", "is_nonzero", "item")
 """The aten operations that read tensor data into Python."""
@@ -37,3 +40,18 @@ def count(fn: Callable[[], Any]) -> dict[str, int] | None:
     with Counting() as counter:
         fn()
     return {"ops": sum(counter.ops.values()), "syncs": sum(counter.ops[s] for s in SYNCS)}
+
+
+def peak_allocated(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated by torch during ``fn()`` beyond those allocated before it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                     if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak

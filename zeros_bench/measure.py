@@ -205,11 +205,34 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     row["input_bytes"] = int(sum(x.nbytes for x in (q, k, v, s)))
     if type(bq).__module__.startswith("torch"):  # launches and syncs a GPU would pay
         row["dispatch"] = dispatch.count(run)
+        if "grad" in getattr(backend, "features", ()) and shape.n <= TRAIN_MAX_N:
+            row["train_peak_bytes"] = _training_peak(backend, (bq, bk, bv, bs), backend_gates)
+            output_bytes = shape.bh * shape.n * shape.dv * np.dtype(shape.dtype).itemsize
+            row["train_call_bytes"] = int(row["input_bytes"] + output_bytes)
     row["flops"] = chunked_flops(shape, chunk_size(backend))
     if str(getattr(backend, "device", "cpu")) == "cpu":
         row["product_flops"] = product_rate(shape, chunk_size(backend),
                                             workers=getattr(backend, "workers", None))
     return row
+
+
+TRAIN_MAX_N = 16384
+"""Longest sequence whose forward + backward peak is measured (it takes a backward pass)."""
+
+
+def _training_peak(backend: Any, arrays: tuple, gates: dict[str, Any]) -> int:
+    """Peak bytes allocated by one forward + backward call of a torch backend, beyond its
+    inputs (`dispatch.peak_allocated`), gradients for q, k, v and the logits included."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in arrays]
+
+    def step() -> None:
+        out = backend.attention(*leaves[:3], logits=leaves[3], **gates)
+        out.sum().backward()
+
+    step()  # warm up, then measure the steady state
+    for x in leaves:
+        x.grad = None
+    return dispatch.peak_allocated(step)
 
 
 def measure_decode(backend: Any, shape: Shape, contexts: Sequence[int], repeats: int) -> dict:

@@ -59,11 +59,22 @@ def table(report: dict) -> str:
                      f"{report['chunk_size']}: " + ", ".join(
                          f"N={row['n']} {row['dispatch']['ops']} / {row['dispatch']['syncs']}"
                          for _, row in counted))
+    trained = [row for _, row in counted if "train_peak_bytes" in row]
+    if trained:
+        lines.append("forward+backward peak allocated per token and head (x the bytes of q, k, "
+                     "v, logits and output): " + ", ".join(
+                         f"N={row['n']} {_per_token_head(row) / 1024:.2f} kB "
+                         f"({row['train_peak_bytes'] / row['train_call_bytes']:.1f}x)"
+                         for row in trained))
     decode = report["decode"]
     steps = ", ".join(f"{c} tokens {t['min'] * 1e6:.0f} us" for c, t in decode["times"].items())
     lines.append(f"decode step (bh={decode['bh']}, one token with state): {steps}; "
                  f"long/short {decode['ratio']:.3f}")
     return "\n".join(lines)
+
+
+def _per_token_head(row: dict) -> float:
+    return row["train_peak_bytes"] / (row["n"] * row["bh"])
 
 
 def plot(report: dict, path: str) -> None:
