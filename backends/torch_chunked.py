@@ -42,20 +42,32 @@ SLAB_TRAINING = 16
 """The same when gradients are recorded: each slab is a checkpoint, recomputed in backward."""
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
+def _peak(x: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of every vector along the last axis, (..., 1): NaN or inf exactly
+    where the vector holds a non-finite value. Outside autograd: `_unit` does not depend on it
+    (x / |x| is the same whatever positive number x is first divided by)."""
+    return x.detach().abs().amax(dim=-1, keepdim=True)
+
+
+def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
     """Unit vectors along the last axis, zero for zero vectors, exact for any finite scale
-    (each row divided by its largest magnitude first, so no square overflows)."""
-    peak = x.abs().amax(dim=-1, keepdim=True)
-    y = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    (each row divided by its largest magnitude `peak` first, so no square overflows)."""
+    y = x / torch.where(peak > 0, peak, 1.0)
     norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    return y / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return y / torch.where(norm > 0, norm, 1.0)
 
 
 def _finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x` with non-finite entries replaced by 0, and where they were (reduced over the last
-    axis for vectors is the caller's job)."""
+    """`x` with non-finite entries replaced by 0, and where they were."""
     ok = torch.isfinite(x)
-    return torch.where(ok, x, torch.zeros_like(x)), ~ok
+    return torch.where(ok, x, 0.0), ~ok
+
+
+def _finite_rows(x: torch.Tensor, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` (..., D) with its non-finite vectors replaced by zero vectors, and which they were
+    (...,), from `_peak` (one pass instead of an elementwise test)."""
+    bad = ~torch.isfinite(peak)
+    return torch.where(bad, 0.0, x), bad[..., 0]
 
 
 def _prefix_sum(x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -103,25 +115,27 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int,
 
     # A non-finite q or gate reaches its own row only, through row-wise operations; k, v and
     # the logits enter sums and products over keys, so they are replaced by zeros.
-    q, k_raw = flat(inp.q, d), flat(inp.k, d)
+    q, k_raw, v_raw = flat(inp.q, d), flat(inp.k, d), flat(inp.v, dv)
     g1, gh, g0 = (flat(g) for g in (inp.first, inp.higher, inp.zero))
-    k, bad_k = _finite(k_raw)
-    v, bad_v = _finite(flat(inp.v, dv))
+    q_peak, k_peak = _peak(q), _peak(k_raw)
+    k, bad_k = _finite_rows(k_raw, k_peak)
+    v, bad_v = _finite_rows(v_raw, _peak(v_raw))
     s_given = _default_logits(k_raw, st, causal, chunk) if inp.logits is None else flat(
         inp.logits)
     s, bad_s = _finite(s_given)
     valid = torch.arange(length, device=q.device) < n  # (L,) real tokens, not padding
-    bad_row = ~(torch.isfinite(q).all(-1) & torch.isfinite(g1) & torch.isfinite(gh)
+    bad_row = ~(torch.isfinite(q_peak[..., 0]) & torch.isfinite(g1) & torch.isfinite(gh)
                 & torch.isfinite(g0))  # (R, L)
-    bad_key = (bad_k.any(-1) | bad_v.any(-1) | bad_s) & valid
-    qh, kh = _recomputed(_unit, q), _recomputed(_unit, k)
+    bad_key = (bad_k | bad_v | bad_s) & valid
+    qh = _recomputed(_unit, q, q_peak)
+    kh = _recomputed(_unit, k, torch.where(bad_k[..., None], 0.0, k_peak))
     if causal:
         out, end = _causal(st, qh, kh, v, s, (g1, gh, g0), n, chunk, return_state)
         poison = bad_row | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0)
     else:
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
         poison = bad_row | bad_key.any(dim=1, keepdim=True)
-    out = torch.where(poison[..., None], torch.full_like(out, float("nan")), out)
+    out = torch.where(poison[..., None], float("nan"), out)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
         return out, None
@@ -135,7 +149,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int,
 
 def _spoil(x: torch.Tensor, spoilt: torch.Tensor) -> torch.Tensor:
     flags = spoilt.reshape(-1, *([1] * (x.dim() - 1)))
-    return torch.where(flags, torch.full_like(x, float("nan")), x)
+    return torch.where(flags, float("nan"), x)
 
 
 def _recomputed(step: Any, *args: Any) -> Any:
@@ -186,7 +200,7 @@ def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: t
     m_prev, m_end = frames[:, :-1], frames[:, 1:]  # M_{c-1}, M_c (R, nc)
     m_row = torch.maximum(m_prev[..., None], torch.cummax(s_max, dim=-1).values)  # (R, nc, C)
     # Step 3 (mean): sbar_t - s_ref from a two-level prefix sum of s - s_ref.
-    rel = torch.where(valid, s - s_ref[:, None], torch.zeros_like(s))  # (R, L)
+    rel = torch.where(valid, s - s_ref[:, None], 0.0)  # (R, L)
     t = st.length + torch.arange(1, length + 1, dtype=s.dtype, device=s.device)  # (L,)
     mean_rel = (st.length * st.mean_offset[:, None] + _prefix_sum(rel, chunk)) / t  # (R, L)
     # Key weights relative to their chunk's end frame, exp(s_i - M_c) <= 1 (0 for padding).
@@ -285,7 +299,7 @@ def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, kc: torch.Tensor, vc: tor
     r = a[..., None] * e
     del e
     r = r + b[..., None] * (rel[..., None, :] - mean_c[..., None]) + c[..., None]
-    weights = torch.where(visible, r * (qc @ kc.transpose(-1, -2)), torch.zeros_like(r))
+    weights = torch.where(visible, r * (qc @ kc.transpose(-1, -2)), 0.0)
     del r
     out = weights @ vc
     del weights
