@@ -261,8 +261,10 @@ def _slab(tc: torch.Tensor, qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor
     moved = torch.exp(m_prev[:, :1] - m_end)  # (R, S): the carry into chunk c's frame
     f_after = decays @ update_f + moved[..., None] * f0.reshape(rows, 1, d * dv)
     e_after = (decays @ w.sum(dim=-1)[..., None])[..., 0] + moved * e0[:, None]
-    g_after = torch.cumsum(update_g, dim=1) + gref0[:, None]
-    h_after = torch.cumsum(update_h, dim=1) + h0[:, None]
+    ones = lower.to(w.dtype)  # cumulative sums as products (faster than cumsum on dim 1)
+    g_after = (ones @ update_g.reshape(rows, count, d * dv)).reshape(update_g.shape)
+    h_after = (ones @ update_h.reshape(rows, count, d * dv)).reshape(update_h.shape)
+    g_after, h_after = g_after + gref0[:, None], h_after + h0[:, None]
     f_before = torch.cat([f0.reshape(rows, 1, d * dv), f_after[:, :-1]], dim=1)
     e_before = torch.cat([e0[:, None], e_after[:, :-1]], dim=1)
     out = _chunk_outputs(tc, qc, kc, vc, s, rel, m_row, decay, e_before, mean_c, g1, gh, g0,
