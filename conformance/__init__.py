@@ -11,12 +11,13 @@ The public face, for backend authors, our own tools (`zeros-bench`) and tests:
   `output_scale`, within the `TOLERANCE` of the dtype;
 - the requirements of the spec (`load_requirements`, `requirement`) and the checks registered
   for them (`CHECKS`);
-- `registry.load` finds a backend by name, ``module:attr`` or ``file.py:attr``.
+- `registry.load` finds a backend by name, ``module:attr`` or ``file.py:attr``;
+  `xfails.load` reads a list of requirements expected to fail.
 
 Modules whose names start with an underscore are private.
 """
 
-from . import registry
+from . import registry, xfails
 from ._compare import TOLERANCE, Comparison, compare, output_scale
 from ._guard import Limits
 from ._harness import CHECKS, Check, Context, Measurement
@@ -32,6 +33,8 @@ from .status import (
     NOT_CONFORMING,
     PASSED,
     STATUSES,
+    XFAIL,
+    XPASS,
 )
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "PASSED",
     "STATUSES",
     "TOLERANCE",
+    "XFAIL",
+    "XPASS",
     "Check",
     "Comparison",
     "Context",
@@ -62,4 +67,5 @@ __all__ = [
     "registry",
     "requirement",
     "run",
+    "xfails",
 ]

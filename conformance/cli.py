@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import golden, golden_layer, registry
+from . import golden, golden_layer, registry, xfails
 from ._guard import GIB, Limits
 from ._harness import Context
 from .protocol import DTYPES, usable_dtypes
@@ -24,7 +24,15 @@ from .report import markdown, summary_table, to_json
 from .requirements import Requirement, load_requirements
 from .runner import Outcome, exit_code
 from .session import run
-from .status import BLOCKED, NOT_APPLICABLE, NOT_CLAIMED, NOT_CONFORMING, PASSED
+from .status import (
+    BLOCKED,
+    NOT_APPLICABLE,
+    NOT_CLAIMED,
+    NOT_CONFORMING,
+    PASSED,
+    XFAIL,
+    XPASS,
+)
 
 __all__ = ["main"]
 
@@ -46,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     go.add_argument("--seed", type=int, default=0, help="seed of every drawn case (default 0)")
     go.add_argument("--only", action="append", metavar="ID",
                     help="check only these requirement IDs (repeatable)")
+    go.add_argument("--xfails", type=Path, metavar="FILE",
+                    help="requirement IDs expected to fail, one a line with the reason after #: "
+                         "listed failures are reported as xfail and do not fail the run")
+    go.add_argument("--strict-xfails", action="store_true",
+                    help="a listed requirement that passes (xpass) fails the run")
     default = Limits()
     go.add_argument("--memory-limit", type=float, metavar="GIB",
                     default=default.memory_bytes / GIB,
@@ -67,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 class _Progress:
     """Prints each requirement as it runs, and rewrites the JSON report before each one."""
 
-    def __init__(self, ctx: Context, report: Path | None) -> None:
-        self.ctx, self.report = ctx, report
+    def __init__(self, ctx: Context, report: Path | None, *, strict_xfails: bool) -> None:
+        self.ctx, self.report, self.strict_xfails = ctx, report, strict_xfails
         self.outcomes: list[Outcome] = []
         self.start = time.perf_counter()
 
@@ -77,8 +90,9 @@ class _Progress:
             return
         seconds = time.perf_counter() - self.start
         partial = self.report.with_name(self.report.name + ".part")
-        partial.write_text(json.dumps(to_json(self.ctx, self.outcomes, seconds, running=running),
-                                      indent=2) + "\n")
+        report = to_json(self.ctx, self.outcomes, seconds, running=running,
+                         strict_xfails=self.strict_xfails)
+        partial.write_text(json.dumps(report, indent=2) + "\n")
         partial.replace(self.report)
 
     def __call__(self, number: int, total: int, item: Outcome | Requirement) -> None:
@@ -113,30 +127,42 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.memory_limit <= 0 or args.time_limit <= 0:
         parser.error("--memory-limit and --time-limit must be positive")
     limits = Limits(int(args.memory_limit * GIB), args.time_limit)
+    try:
+        expected = xfails.load(args.xfails) if args.xfails else {}
+    except (OSError, ValueError) as exc:
+        parser.error(f"--xfails: {exc}")
     ctx = Context(backend, target=args.backend, profile="quick" if args.quick else "full",
                   seed=args.seed, dtypes=chosen)
     print(f"zeros-conformance: backend {args.backend} ({getattr(backend, 'name', '?')}), "
           f"dtypes {', '.join(chosen)}, features {', '.join(sorted(ctx.features))}, "
           f"profile {ctx.profile}, seed {ctx.seed}; checks that grow with N run in a child "
           f"process capped at {limits.describe()}", file=sys.stderr)
-    progress = _Progress(ctx, args.report)
-    outcomes = run(ctx, only=args.only or (), limits=limits, progress=progress)
+    progress = _Progress(ctx, args.report, strict_xfails=args.strict_xfails)
+    outcomes = run(ctx, only=args.only or (), limits=limits, xfails=expected,
+                   progress=progress)
     seconds = time.perf_counter() - progress.start
     print(summary_table(outcomes))
     for o in outcomes:
-        if o.status in NOT_CONFORMING:
+        if o.status in NOT_CONFORMING or o.status == XPASS:
             print("\n" + o.explain())
-    code = exit_code(outcomes)
+    code = exit_code(outcomes, strict_xfails=args.strict_xfails)
+    listed = [o for o in outcomes if o.expected_failure is not None]
+    if listed:
+        print("\nexpected failures (--xfails):")
+        for o in listed:
+            print(f"  {o.requirement.id} {o.status}: {o.expected_failure}")
 
     def count(*statuses: str) -> int:
         return sum(o.status in statuses for o in outcomes)
 
     print(f"\n{count(PASSED)} passed, {count(*NOT_CONFORMING) - count(BLOCKED)} failed, "
-          f"{count(BLOCKED)} blocked, {count(NOT_CLAIMED, NOT_APPLICABLE)} not claimed or not "
-          f"applicable in {seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
+          f"{count(BLOCKED)} blocked, {count(XFAIL)} xfail, {count(XPASS)} xpass, "
+          f"{count(NOT_CLAIMED, NOT_APPLICABLE)} not claimed or not applicable in "
+          f"{seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
     progress.write(running=None)
     if args.markdown:
-        args.markdown.write_text(markdown(ctx, outcomes, seconds))
+        args.markdown.write_text(markdown(ctx, outcomes, seconds,
+                                          strict_xfails=args.strict_xfails))
     return code
 
 

@@ -2,7 +2,9 @@
 
 Each requirement becomes one test, ``test_requirement[ZS-...]``. Unclaimed features and
 not-applicable requirements are skipped with the reason; a failed SHOULD requirement is
-reported as xfail, a failed (or blocked) MUST requirement fails. Checks that grow with N run
+reported as xfail, a failed (or blocked) MUST requirement fails. Requirements listed with
+``--zeros-xfails FILE`` are xfail when they fail, and pass (fail with
+``--zeros-strict-xfails``) when they pass. Checks that grow with N run
 in a child process with the limits of ``zeros-conformance run``.
 """
 
@@ -30,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "the available memory if less)")
     group.addoption("--zeros-time-limit", type=float, metavar="SECONDS",
                     help="wall-clock limit of each check that grows with N (default 600)")
+    group.addoption("--zeros-xfails", metavar="FILE",
+                    help="requirement IDs expected to fail (one a line, reason after #): "
+                         "reported as xfail, or as xpass when they pass")
+    group.addoption("--zeros-strict-xfails", action="store_true",
+                    help="a listed requirement that passes fails its test")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -31,12 +31,13 @@ def _measurement(m: Measurement) -> dict[str, Any]:
 def _worst(o: Outcome) -> str:
     w = o.worst
     if w is None:
-        return o.message
+        return o.message or (o.expected_failure or "")
     return f"{w.value:.3g} / {w.limit:.3g} ({w.quantity})"
 
 
 def to_json(
-    ctx: Context, outcomes: list[Outcome], seconds: float, *, running: str | None = None
+    ctx: Context, outcomes: list[Outcome], seconds: float, *, running: str | None = None,
+    strict_xfails: bool = False,
 ) -> dict[str, Any]:
     """The report of spec section 10: versions, backend, machine and every requirement.
 
@@ -60,12 +61,14 @@ def to_json(
         "seconds": round(seconds, 3),
         "complete": running is None,
         "running": running,
-        "exit_code": exit_code(outcomes),
+        "exit_code": exit_code(outcomes, strict_xfails=strict_xfails),
+        "strict_xfails": strict_xfails,
         "summary": counts,
         "requirements": [
             {"id": o.requirement.id, "title": o.requirement.title,
              "level": o.requirement.level, "feature": o.requirement.feature,
              "status": o.status, "seconds": round(o.seconds, 3), "message": o.message,
+             "expected_failure": o.expected_failure,
              "worst": None if o.worst is None else _measurement(o.worst),
              "failure": None if o.failure is None else _measurement(o.failure),
              "measured": [_measurement(m) for m in o.measurements]}
@@ -86,9 +89,10 @@ def summary_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def markdown(ctx: Context, outcomes: list[Outcome], seconds: float) -> str:
+def markdown(ctx: Context, outcomes: list[Outcome], seconds: float, *,
+             strict_xfails: bool = False) -> str:
     """The report as a Markdown table, with the failing cases below it."""
-    report = to_json(ctx, outcomes, seconds)
+    report = to_json(ctx, outcomes, seconds, strict_xfails=strict_xfails)
     b = report["backend"]
     lines = [f"# ZeroS conformance: {b['name']}", "",
              f"Suite {report['suite_version']}, spec {report['spec_version']}, profile "
@@ -102,4 +106,9 @@ def markdown(ctx: Context, outcomes: list[Outcome], seconds: float) -> str:
     if failing:
         lines += ["", "## Failures", ""]
         lines += ["```\n" + o.explain() + "\n```" for o in failing]
+    listed = [o for o in outcomes if o.expected_failure is not None]
+    if listed:
+        lines += ["", "## Expected failures", "", "| ID | status | reason |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {o.requirement.id} | {o.status} | {o.expected_failure} |" for o in listed]
     return "\n".join(lines) + "\n"

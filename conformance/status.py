@@ -11,6 +11,8 @@ __all__ = [
     "NOT_CONFORMING",
     "PASSED",
     "STATUSES",
+    "XFAIL",
+    "XPASS",
 ]
 
 PASSED = "passed"
@@ -26,6 +28,11 @@ NOT_CLAIMED = "not claimed"
 NOT_APPLICABLE = "not applicable"
 """The backend's claims leave nothing to check (for example no dtype the check needs)."""
 
-STATUSES = (PASSED, FAILED, ERROR, BLOCKED, NOT_CLAIMED, NOT_APPLICABLE)
+XFAIL = "xfail"
+"""Not conforming, as the run's list of expected failures says; does not fail the run."""
+XPASS = "xpass"
+"""Listed as an expected failure but passed; fails the run only with strict xfails."""
+
+STATUSES = (PASSED, FAILED, ERROR, BLOCKED, NOT_CLAIMED, NOT_APPLICABLE, XFAIL, XPASS)
 NOT_CONFORMING = frozenset({FAILED, ERROR, BLOCKED})
 """Statuses that make a MUST requirement fail the run."""

@@ -7,11 +7,14 @@ import pytest
 from zeros_conformance import (
     NOT_CONFORMING,
     PASSED,
+    XFAIL,
+    XPASS,
     Context,
     Limits,
     Session,
     load_requirements,
     registry,
+    xfails,
 )
 
 
@@ -29,13 +32,24 @@ def zeros_session(request: pytest.FixtureRequest) -> Session:
     memory = option("--zeros-memory-limit")
     limits = Limits(default.memory_bytes if memory is None else int(memory * 2**30),
                     option("--zeros-time-limit") or default.seconds)
-    return Session(ctx, limits)
+    listed = option("--zeros-xfails")
+    try:
+        expected = xfails.load(listed) if listed else {}
+    except (OSError, ValueError) as exc:
+        pytest.exit(f"--zeros-xfails: {exc}", returncode=4)
+    return Session(ctx, limits, expected)
 
 
 @pytest.mark.parametrize("requirement", load_requirements(), ids=lambda r: r.id)
-def test_requirement(requirement, zeros_session: Session) -> None:
+def test_requirement(requirement, zeros_session: Session,
+                     request: pytest.FixtureRequest) -> None:
     outcome = zeros_session.outcome(requirement)
-    if outcome.status == PASSED:
+    if outcome.status == XFAIL:
+        pytest.xfail(f"listed in --zeros-xfails: {outcome.expected_failure}")
+    if outcome.status == XPASS and request.config.getoption("--zeros-strict-xfails"):
+        pytest.fail(f"{requirement.id} passed but is listed in --zeros-xfails "
+                    f"({outcome.expected_failure}): remove it from the list", pytrace=False)
+    if outcome.status in (PASSED, XPASS):
         return
     if outcome.status not in NOT_CONFORMING:
         pytest.skip(f"{requirement.id} {outcome.status}: {outcome.message}")
