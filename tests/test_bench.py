@@ -123,3 +123,32 @@ def test_dispatch_counts_operations_and_syncs() -> None:
     x = torch.ones(4)
     assert dispatch.count(lambda: (x + 1) * 2) == {"ops": 2, "syncs": 0}
     assert dispatch.count(lambda: float((x * 3).sum())) == {"ops": 3, "syncs": 1}
+
+
+def test_shapes_of_ones_own(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert bench.main(["--backend", "reference", "--shape", "2,96,8", "--shape", "3,64,8,4",
+                       "--dtype", "float64", "--gates", "random", "--bidirectional",
+                       "--softmax", "numpy", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["configs"]["custom"]
+    assert [(r["bh"], r["n"], r["d"], r["dv"]) for r in rows] == [(2, 96, 8, 8), (3, 64, 8, 4)]
+    assert all((r["dtype"], r["gates"], r["causal"]) == ("float64", "random", False)
+               for r in rows)
+    assert report["decode"] is None  # a decode step needs causal attention
+
+
+@pytest.mark.parametrize("text", ["2,96", "2,96,8,4,1", "2,x,8", "0,96,8"])
+def test_a_bad_shape_is_refused(text: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--shape", text])
+    assert stop.value.code == 2 and "--shape" in capsys.readouterr().err
+
+
+def test_blocked_softmax_bidirectional(rng) -> None:
+    q, k, v = rng.normal(size=(3, 2, 70, 4))
+    scores = q @ k.swapaxes(-1, -2) / 2.0
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    expected = (p / p.sum(axis=-1, keepdims=True)) @ v
+    np.testing.assert_allclose(bench.blocked_softmax(q, k, v, block=16, causal=False), expected,
+                               rtol=1e-12)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from zeros_conformance import PASSED, registry
 
 from .baselines import softmax
-from .configs import CONFIGS, DEFAULT_CONFIGS, Shape
+from .configs import CONFIGS, DEFAULT_CONFIGS, Config, Shape
 from .gate import correctness_gate
 from .measure import chunk_size, derive, gemm_rate, measure_decode, measure_shape
 from .report import machine, machine_line, plot, table
@@ -19,32 +20,53 @@ from .report import machine, machine_line, plot, table
 __all__ = ["main", "run"]
 
 
-def run(backend: Any, names: Sequence[str], *, softmax_kind: str = "auto",
+def run(backend: Any, configs: Mapping[str, Config], *, softmax_kind: str = "auto",
         repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
-    """Measure the configurations `names`; returns the report (see `main`)."""
+    """Measure the configurations (name -> `Config`); returns the report (see `main`). The
+    decode step is timed for the first shape when it is causal."""
     device = str(getattr(backend, "device", "cpu"))
     softmax_name, make_softmax = softmax(softmax_kind, device)
     report: dict[str, Any] = {"backend": getattr(backend, "name", "backend"),
                               "machine": machine(backend), "softmax": softmax_name,
                               "chunk_size": chunk_size(backend), "configs": {}}
     log(machine_line(report["machine"]))
-    report["gemm_flops"] = gemm_rate(1024 if "quick" in names else 4096, device=device)
+    report["gemm_flops"] = gemm_rate(1024 if "quick" in configs else 4096, device=device)
     measured: dict[Shape, dict] = {}  # a shape in two configurations is timed once
-    for name in names:
-        config = CONFIGS[name]
+    for name, config in configs.items():
         for shape in config.shapes:
             if shape not in measured:
-                log(f"  {name}: B*H={shape.bh} N={shape.n} D={shape.d} {shape.dtype} ...")
+                mode = "causal" if shape.causal else "bidirectional"
+                log(f"  {name}: B*H={shape.bh} N={shape.n} D={shape.d} Dv={shape.dv} "
+                    f"{shape.dtype} {mode}, {shape.gates} gates ...")
                 measured[shape] = measure_shape(backend, shape, make_softmax,
                                                 repeats or config.repeats)
         rows = [dict(measured[shape]) for shape in config.shapes]
         derive(rows, report["gemm_flops"])
         report["configs"][name] = rows
-    config = CONFIGS[names[0]]
-    times = measure_decode(backend, config.shapes[0], config.decode, repeats or config.repeats)
-    short, long = (times[str(c)]["min"] for c in config.decode)
-    report["decode"] = {"bh": config.shapes[0].bh, "times": times, "ratio": long / short}
+    config = next(iter(configs.values()))
+    report["decode"] = None
+    if config.shapes[0].causal:
+        times = measure_decode(backend, config.shapes[0], config.decode,
+                               repeats or config.repeats)
+        short, long = (times[str(c)]["min"] for c in config.decode)
+        report["decode"] = {"bh": config.shapes[0].bh, "times": times, "ratio": long / short}
     return report
+
+
+def _configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Config]:
+    """The configurations to run: named ones, or the user's `--shape`s ("custom"), with
+    `--dtype`, `--gates` and the mode applied to every shape where given."""
+    options = {key: value for key, value in (("dtype", args.dtype), ("gates", args.gates),
+                                             ("causal", args.causal)) if value is not None}
+    if args.shape:
+        try:
+            shapes = tuple(Shape.parse(text, **options) for text in args.shape)
+        except ValueError as exc:
+            parser.error(f"--shape: {exc}")
+        return {"custom": Config(shapes, decode=(1024, 16384))}
+    names = ["quick"] if args.quick else (args.config or list(DEFAULT_CONFIGS))
+    return {name: Config(tuple(replace(shape, **options) for shape in CONFIGS[name].shapes),
+                         CONFIGS[name].decode, CONFIGS[name].repeats) for name in names}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,12 +77,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", action="append", choices=sorted(CONFIGS),
                         help=f"configuration to run (repeatable; default {DEFAULT_CONFIGS})")
     parser.add_argument("--quick", action="store_true", help="the tiny 'quick' configuration")
+    parser.add_argument("--shape", action="append", metavar="BH,N,D[,Dv]",
+                        help="time this shape instead of the named configurations "
+                             "(repeatable; Dv = D when absent)")
+    parser.add_argument("--dtype", choices=("float16", "float32", "float64"),
+                        help="dtype of every shape (default: the configuration's, float32)")
+    parser.add_argument("--gates", choices=("default", "random"),
+                        help="gates of every shape: default (first = higher) or random "
+                             "per-step gates")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--causal", dest="causal", action="store_const", const=True,
+                      help="causal attention (the default)")
+    mode.add_argument("--bidirectional", dest="causal", action="store_const", const=False,
+                      help="bidirectional attention (no decode step is timed)")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement")
     parser.add_argument("--softmax", choices=("auto", "torch", "numpy"), default="auto",
                         help="softmax baseline: torch SDPA if importable (auto), or numpy")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a log-log plot (PNG)")
     args = parser.parse_args(argv)
+    configs = _configs(args, parser)
     try:
         backend = registry.load(args.backend)
     except Exception as exc:
@@ -73,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in failures:
             print(f"  - {failure}", file=sys.stderr)
         return 1
-    names = ["quick"] if args.quick else (args.config or list(DEFAULT_CONFIGS))
-    report = run(backend, names, softmax_kind=args.softmax, repeats=args.repeats)
+    report = run(backend, configs, softmax_kind=args.softmax, repeats=args.repeats)
     report["gate"] = PASSED
     print(table(report))
     if args.json:

@@ -9,9 +9,9 @@ __all__ = ["CONFIGS", "DEFAULT_CONFIGS", "Config", "Shape"]
 
 @dataclass(frozen=True)
 class Shape:
-    """One benchmark shape: bh = B*H rows, n tokens, d = D, dv = Dv, dtype name, and the gates:
-    "default" (first = higher, where the first-order term vanishes) or "random" (per-step
-    gates, all three unequal: the general case)."""
+    """One benchmark shape: bh = B*H rows, n tokens, d = D, dv = Dv, dtype name, the gates
+    ("default": first = higher, where the first-order term vanishes; "random": per-step gates,
+    all three unequal, the general case) and the mode (causal or bidirectional)."""
 
     bh: int
     n: int
@@ -19,6 +19,20 @@ class Shape:
     dv: int = 64
     dtype: str = "float32"
     gates: str = "default"
+    causal: bool = True
+
+    @classmethod
+    def parse(cls, text: str, **options: object) -> Shape:
+        """A shape from ``"BH,N,D"`` or ``"BH,N,D,Dv"`` (Dv = D when absent); `ValueError`
+        saying what is wrong otherwise."""
+        parts = text.split(",")
+        if len(parts) not in (3, 4) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"a shape is BH,N,D or BH,N,D,Dv with positive integers; got "
+                             f"{text!r}")
+        bh, n, d, *dv = (int(p) for p in parts)
+        if min(bh, n, d, *dv) < 1:
+            raise ValueError(f"every size of a shape must be >= 1; got {text!r}")
+        return cls(bh, n, d, dv[0] if dv else d, **options)
 
 
 @dataclass(frozen=True)

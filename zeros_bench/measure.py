@@ -184,7 +184,7 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     sync = _synchronize(backend)
 
     def run() -> Any:
-        out = backend.attention(bq, bk, bv, logits=bs, **backend_gates)
+        out = backend.attention(bq, bk, bv, logits=bs, causal=shape.causal, **backend_gates)
         sync()
         return out
 
@@ -194,9 +194,10 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
         with _one_worker(backend):
             row["backend_one_worker"] = timed(run, repeats)
     with blas_threads(1):
-        row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s, **gates),
+        row["reference"] = timed(lambda: zeros_ref.attention(q, k, v, logits=s,
+                                                             causal=shape.causal, **gates),
                                  repeats)
-    row["softmax"] = timed(softmax(q, k, v), repeats, budget_s=10.0)
+    row["softmax"] = timed(softmax(q, k, v, shape.causal), repeats, budget_s=10.0)
     memory = getattr(backend, "memory_peak", None)
     if callable(memory):
         row["peak_bytes"] = int(memory(run))
@@ -206,7 +207,8 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     if type(bq).__module__.startswith("torch"):  # launches and syncs a GPU would pay
         row["dispatch"] = dispatch.count(run)
         if "grad" in getattr(backend, "features", ()) and shape.n <= TRAIN_MAX_N:
-            row["train_peak_bytes"] = _training_peak(backend, (bq, bk, bv, bs), backend_gates)
+            row["train_peak_bytes"] = _training_peak(backend, (bq, bk, bv, bs), backend_gates,
+                                                     shape.causal)
             output_bytes = shape.bh * shape.n * shape.dv * np.dtype(shape.dtype).itemsize
             row["train_call_bytes"] = int(row["input_bytes"] + output_bytes)
     row["flops"] = chunked_flops(shape, chunk_size(backend))
@@ -220,13 +222,13 @@ TRAIN_MAX_N = 16384
 """Longest sequence whose forward + backward peak is measured (it takes a backward pass)."""
 
 
-def _training_peak(backend: Any, arrays: tuple, gates: dict[str, Any]) -> int:
+def _training_peak(backend: Any, arrays: tuple, gates: dict[str, Any], causal: bool) -> int:
     """Peak bytes allocated by one forward + backward call of a torch backend, beyond its
     inputs (`dispatch.peak_allocated`), gradients for q, k, v and the logits included."""
     leaves = [x.detach().clone().requires_grad_(True) for x in arrays]
 
     def step() -> None:
-        out = backend.attention(*leaves[:3], logits=leaves[3], **gates)
+        out = backend.attention(*leaves[:3], logits=leaves[3], causal=causal, **gates)
         out.sum().backward()
 
     step()  # warm up, then measure the steady state

@@ -67,9 +67,11 @@ def table(report: dict) -> str:
                          f"({row['train_peak_bytes'] / row['train_call_bytes']:.1f}x)"
                          for row in trained))
     decode = report["decode"]
-    steps = ", ".join(f"{c} tokens {t['min'] * 1e6:.0f} us" for c, t in decode["times"].items())
-    lines.append(f"decode step (bh={decode['bh']}, one token with state): {steps}; "
-                 f"long/short {decode['ratio']:.3f}")
+    if decode is not None:
+        steps = ", ".join(f"{c} tokens {t['min'] * 1e6:.0f} us"
+                          for c, t in decode["times"].items())
+        lines.append(f"decode step (bh={decode['bh']}, one token with state): {steps}; "
+                     f"long/short {decode['ratio']:.3f}")
     return "\n".join(lines)
 
 
@@ -97,7 +99,8 @@ def plot(report: dict, path: str) -> None:
                   label=f"ideal slope {slope}")
     ax.set_xlabel("N (tokens)")
     ax.set_ylabel("time (s), min over repeats")
-    ax.set_title(f"causal attention, B*H={rows[0]['bh']}, D=Dv={rows[0]['d']}")
+    mode = "causal" if rows[0].get("causal", True) else "bidirectional"
+    ax.set_title(f"{mode} attention, B*H={rows[0]['bh']}, D={rows[0]['d']}, Dv={rows[0]['dv']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
