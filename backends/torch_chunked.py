@@ -171,8 +171,8 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
     """Spec 4.3: one whole-sequence state, read by every row with n = N."""
     g1, gh, g0 = gates
     top = s.amax(dim=1, keepdim=True)  # (R, 1), also s_ref
-    w = torch.exp(s - top)  # (R, N)
-    rel = s - top
+    rel = s - top  # (R, N)
+    w = torch.exp(rel)
     mean_rel = rel.mean(dim=1, keepdim=True)  # sbar - s_ref
     keys = torch.cat([w[..., None] * kh, rel[..., None] * kh, kh], dim=-1)  # (R, N, 3D)
     sums = keys.transpose(1, 2) @ v  # (R, 3D, Dv): F, G', H

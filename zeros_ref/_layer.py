@@ -17,7 +17,7 @@ import array_api_compat
 
 from ._attention import attention as core_attention
 from ._logits import running_mean_logits
-from ._params import PARAMETERS, parameter_shapes
+from ._params import PARAMETERS, check_heads, parameter_shapes
 from ._rope import rope as rotate
 from ._state import State
 from ._validate import check_causal, namespace_of
@@ -81,17 +81,12 @@ def _check_params(
 
 def _check_options(heads: Any, dm: int, first_layer: Any, rope: Any, norm: Any) -> int:
     """Validate the keyword options; returns the head width d."""
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"`heads` must be an integer >= 1; got {heads!r}")
-    if dm % heads:
-        raise ValueError(f"the model width Dm = {dm} (last axis of `x`) must be divisible by "
-                         f"`heads` = {heads}")
+    d = check_heads(dm, heads)
     for name, value in (("first_layer", first_layer), ("norm", norm)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be a bool; got {type(value).__name__}")
     if rope not in (None, "half", "interleaved"):
         raise ValueError(f"`rope` must be 'half', 'interleaved' or None; got {rope!r}")
-    d = dm // heads
     if rope is not None and d % 2:
         raise ValueError(f"`rope` needs an even head width; got d = Dm / heads = {d}")
     return d

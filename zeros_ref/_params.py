@@ -10,11 +10,21 @@ import math
 
 import numpy as np
 
-__all__ = ["PARAMETERS", "parameter_shapes", "random_layer_params"]
+__all__ = ["PARAMETERS", "check_heads", "parameter_shapes", "random_layer_params"]
 
 PARAMETERS = ("wq", "bq", "wk", "bk", "wv", "bv", "wu", "bu", "wg", "bg", "mu", "log_tau",
               "wo", "bo")
 """Names of the layer's parameters, in the order of spec table 13.1."""
+
+
+def check_heads(dm: int, heads: object) -> int:
+    """The head width d = Dm / H; `ValueError` naming `heads` unless it is an integer >= 1
+    that divides the model width `dm`."""
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"`heads` must be an integer >= 1; got {heads!r}")
+    if dm % heads:
+        raise ValueError(f"the model width Dm = {dm} must be divisible by `heads` = {heads}")
+    return dm // heads
 
 
 def parameter_shapes(dm: int, heads: int) -> dict[str, tuple[int, ...]]:
@@ -36,9 +46,7 @@ def random_layer_params(
     `logit_scale` = 10 spreads them over hundreds. Convert with the array library of your
     choice (``torch.asarray``, ``cupy.asarray``...).
     """
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or dm % heads:
-        raise ValueError(f"`heads` must be an integer >= 1 dividing `dm`; got dm = {dm}, "
-                         f"heads = {heads!r}")
+    check_heads(dm, heads)
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in parameter_shapes(dm, heads).items():
