@@ -27,19 +27,60 @@ Shapes: R rows (the flattened leading axes), N tokens padded to nc chunks of C, 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-__all__ = ["SLAB", "SLAB_TRAINING", "attention"]
+__all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "slabs"]
 
 SLAB = 32
 """Chunks computed together: one step of the loop over the sequence."""
 SLAB_TRAINING = 16
 """The same when gradients are recorded: each slab is a checkpoint, recomputed in backward."""
+
+
+class Chunks(NamedTuple):
+    """What the chunk step of spec 4.2 reads, for every chunk of a causal call.
+
+    Shapes: R rows, nc chunks of C tokens, D and Dv; padding tokens (after the N real ones)
+    have s = rel = 0, w = 0 and zero vectors. Frames: m_row is row t's running max m_t,
+    m_prev and m_end the running max before and at the end of each chunk (M_{c-1}, M_c).
+    """
+
+    t: torch.Tensor  # (nc, C) the count of tokens seen up to each row, state included
+    q: torch.Tensor  # (R, nc, C, D) unit query directions
+    k: torch.Tensor  # (R, nc, C, D) unit key directions
+    v: torch.Tensor  # (R, nc, C, Dv) values
+    s: torch.Tensor  # (R, nc, C) logits
+    rel: torch.Tensor  # (R, nc, C) s - s_ref
+    w: torch.Tensor  # (R, nc, C) exp(s - M_c) <= 1, the key weights in their chunk's frame
+    m_row: torch.Tensor  # (R, nc, C) m_t
+    decay: torch.Tensor  # (R, nc, C) exp(M_{c-1} - m_t) <= 1, moves the carried F and E to m_t
+    mean: torch.Tensor  # (R, nc, C) sbar_t - s_ref
+    first: torch.Tensor  # (R, nc, C) gate g1_t
+    higher: torch.Tensor  # (R, nc, C) gate gh_t
+    zero: torch.Tensor  # (R, nc, C) gate g0_t
+    m_prev: torch.Tensor  # (R, nc) M_{c-1}
+    m_end: torch.Tensor  # (R, nc) M_c
+
+
+class Sums(NamedTuple):
+    """The sums carried between chunks: F and E relative to the frame of the last chunk
+    read, G' about s_ref (not sbar), H. Shapes (R, D, Dv), (R,), (R, D, Dv), (R, D, Dv)."""
+
+    f: torch.Tensor
+    e: torch.Tensor
+    g: torch.Tensor
+    h: torch.Tensor
+
+
+Form = Callable[[Chunks, Sums], tuple[torch.Tensor, Sums]]
+"""A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and the sums after the
+last, from `Chunks` and the sums before the first (in the frame M_{-1} = m_prev[:, 0])."""
 
 
 def _peak(x: torch.Tensor) -> torch.Tensor:
@@ -92,12 +133,13 @@ def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> 
     return -(k * kbar).sum(dim=-1) / math.sqrt(d)
 
 
-def attention(inp: Inputs, state: State, *, causal: bool, chunk: int,
-              return_state: bool) -> tuple[torch.Tensor, State | None]:
+def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_state: bool,
+              form: Form | None = None) -> tuple[torch.Tensor, State | None]:
     """Outputs (*B, N, Dv) in the input dtype, and the state after them if `return_state`.
 
     `inp` and `state` are those of `zeros_ref.kernel.check_call` (validated, broadcast, in
-    the compute dtype).
+    the compute dtype). `form` computes the causal chunks (default `slabs`); everything
+    around it (frames, default logits, non-finite values, the state) is this module's.
     """
     batch, n, d, dv = inp.batch, inp.n, inp.q.shape[-1], inp.v.shape[-1]
     rows = math.prod(batch)
@@ -130,7 +172,8 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int,
     qh = _recomputed(_unit, q, q_peak)
     kh = _recomputed(_unit, k, torch.where(bad_k[..., None], 0.0, k_peak))
     if causal:
-        out, end = _causal(st, qh, kh, v, s, (g1, gh, g0), n, chunk, return_state)
+        out, end = _causal(st, qh, kh, v, s, (g1, gh, g0), n, chunk, return_state,
+                           form or slabs)
         poison = bad_row | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0)
     else:
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
@@ -184,11 +227,11 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
 
 
 def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
-            gates: tuple[torch.Tensor, ...], n: int, chunk: int,
-            return_state: bool) -> tuple[torch.Tensor, State | None]:
-    """Spec 4.2 for every chunk, a slab of `SLAB` chunks at a time. Shapes: qh, kh (R, L, D);
-    v (R, L, Dv); s and the gates (R, L); L = nc C >= n real tokens. Returns (R, L, Dv) and
-    the state (rows R; the caller sets its length and key sum)."""
+            gates: tuple[torch.Tensor, ...], n: int, chunk: int, return_state: bool,
+            form: Form) -> tuple[torch.Tensor, State | None]:
+    """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`. Shapes: qh, kh
+    (R, L, D); v (R, L, Dv); s and the gates (R, L); L = nc C >= n real tokens. Returns
+    (R, L, Dv) and the state (rows R; the caller sets its length and key sum)."""
     rows, length, d = qh.shape
     dv, nc = v.shape[-1], length // chunk
     valid = torch.arange(length, device=s.device) < n  # (L,) real tokens, not padding
@@ -209,31 +252,39 @@ def _causal(st: State, qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: t
     # The sums before the call: F relative to m_prev, E, G' about s_ref (not sbar), H.
     f0, g_prev, h0 = st.kv[:, State.F], st.kv[:, State.G], st.kv[:, State.H]
     g0_ref = g_prev + st.mean_offset[:, None, None] * h0 if st.length else g_prev
-    carry = (f0, st.normaliser, g0_ref, h0)
-    per_chunk = (qh.reshape(rows, nc, chunk, d), kh.reshape(rows, nc, chunk, d),
-                 v.reshape(rows, nc, chunk, dv), s.reshape(rows, nc, chunk),
-                 rel.reshape(rows, nc, chunk), w, m_row,
-                 torch.exp(m_prev[..., None] - m_row),  # decay of the carried sums, <= 1
-                 mean_rel.reshape(rows, nc, chunk),
-                 *(g.reshape(rows, nc, chunk) for g in gates), m_prev, m_end)
-    # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
-    # slab (each slice's backward would allocate a whole-sized gradient).
-    slab = SLAB_TRAINING if _recording(*per_chunk) else SLAB
-    pieces = zip(torch.split(t.reshape(nc, chunk), slab),
-                 *(torch.split(x, slab, dim=1) for x in per_chunk))
-    outputs = []
-    for args in pieces:
-        out, carry = _recomputed(_slab, *args, *carry)
-        outputs.append(out)
-    out = torch.cat(outputs, dim=1).reshape(rows, length, dv)
+
+    def per_chunk(x: torch.Tensor, *tail: int) -> torch.Tensor:
+        return x.reshape(rows, nc, chunk, *tail)
+
+    chunks = Chunks(t.reshape(nc, chunk), per_chunk(qh, d), per_chunk(kh, d),
+                    per_chunk(v, dv), per_chunk(s), per_chunk(rel), w, m_row,
+                    torch.exp(m_prev[..., None] - m_row), per_chunk(mean_rel),
+                    *(per_chunk(g) for g in gates), m_prev, m_end)
+    out, last = form(chunks, Sums(f0, st.normaliser, g0_ref, h0))
+    out = out.reshape(rows, length, dv)
     if not return_state:
         return out, None
-    f_last, e_last, g_last, h_last = carry
     m_last, mean_last = m_end[:, -1], mean_rel[:, n - 1]  # sbar - s_ref after the last token
-    kv = torch.stack([f_last, g_last - mean_last[:, None, None] * h_last, h_last], dim=1)
+    kv = torch.stack([last.f, last.g - mean_last[:, None, None] * last.h, last.h], dim=1)
     end = State(length=st.length, running_max=m_last, mean_offset=mean_last + s_ref - m_last,
-                normaliser=e_last, kv=kv, key_sum=st.key_sum)
+                normaliser=last.e, kv=kv, key_sum=st.key_sum)
     return out, end
+
+
+def slabs(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
+    """The `Form` of this module: a slab of `SLAB` chunks at a time (`SLAB_TRAINING`, each
+    checkpointed, when autograd records), every chunk of a slab at once."""
+    slab = SLAB_TRAINING if _recording(*chunks[1:]) else SLAB
+    # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
+    # slab (each slice's backward would allocate a whole-sized gradient).
+    pieces = zip(torch.split(chunks.t, slab),
+                 *(torch.split(x, slab, dim=1) for x in chunks[1:]))
+    outputs = []
+    for args in pieces:
+        out, after = _recomputed(_slab, *args, *sums)
+        outputs.append(out)
+        sums = Sums(*after)
+    return torch.cat(outputs, dim=1), sums
 
 
 def _slab(tc: torch.Tensor, qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
