@@ -1,0 +1,165 @@
+"""One slab of chunks of the chunk-parallel torch form (`torch_chunked`): spec 4.2 steps 2-6
+for S consecutive chunks at once, given the sums before the slab.
+
+Shapes: R rows, S chunks of C tokens, D and Dv. Everything here is a product or an
+elementwise operation on tensors of one slab, so its temporaries stay small (a few MiB) and
+are reused by the allocator from slab to slab.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Chunks", "Sums", "directions", "slab"]
+
+
+class Chunks(NamedTuple):
+    """What the chunk step of spec 4.2 reads, for every chunk of a causal call.
+
+    Shapes: R rows, nc chunks of C tokens, D and Dv; padding tokens (after the N real ones)
+    have s = rel = 0, w = 0 and zero vectors. Frames: m_row is row t's running max m_t,
+    m_prev and m_end the running max before and at the end of each chunk (M_{c-1}, M_c).
+    """
+
+    t: torch.Tensor  # (nc, C) the count of tokens seen up to each row, state included
+    q: torch.Tensor  # (R, nc, C, D) unit query directions
+    k: torch.Tensor  # (R, nc, C, D) unit key directions
+    v: torch.Tensor  # (R, nc, C, Dv) values
+    s: torch.Tensor  # (R, nc, C) logits
+    rel: torch.Tensor  # (R, nc, C) s - s_ref
+    w: torch.Tensor  # (R, nc, C) exp(s - M_c) <= 1, the key weights in their chunk's frame
+    m_row: torch.Tensor  # (R, nc, C) m_t
+    decay: torch.Tensor  # (R, nc, C) exp(M_{c-1} - m_t) <= 1, moves the carried F and E to m_t
+    mean: torch.Tensor  # (R, nc, C) sbar_t - s_ref
+    first: torch.Tensor  # (R, nc, C) gate g1_t
+    higher: torch.Tensor  # (R, nc, C) gate gh_t
+    zero: torch.Tensor  # (R, nc, C) gate g0_t
+    m_prev: torch.Tensor  # (R, nc) M_{c-1}
+    m_end: torch.Tensor  # (R, nc) M_c
+
+
+class Sums(NamedTuple):
+    """The sums carried between chunks: F and E relative to the frame of the last chunk
+    read, G' about s_ref (not sbar), H. Shapes (R, D, Dv), (R,), (R, D, Dv), (R, D, Dv)."""
+
+    f: torch.Tensor
+    e: torch.Tensor
+    g: torch.Tensor
+    h: torch.Tensor
+
+
+
+def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
+               k_peak: torch.Tensor, v_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Unit directions of q and k and the values, from raw vectors (..., D) / (..., Dv) and
+    their largest magnitudes (...,) (`torch_chunked.peak`).
+
+    Keys and values that hold a non-finite entry become zero vectors (they reach later rows
+    through sums, which the caller sets to NaN instead); a non-finite query stays (it reaches
+    its own row only). Each vector is divided by its largest magnitude before its norm is
+    taken, so the direction is exact for any finite scale.
+    """
+    bad_k = ~torch.isfinite(k_peak)
+    k = torch.where(bad_k[..., None], 0.0, k)
+    v = torch.where(~torch.isfinite(v_peak)[..., None], 0.0, v)
+    return _unit(q, q_peak), _unit(k, torch.where(bad_k, 0.0, k_peak)), v
+
+
+def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """Unit vectors along the last axis, zero for zero vectors."""
+    y = x / torch.where(peak > 0, peak, 1.0)[..., None]
+    norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    norm = torch.where(norm > 0, norm, 1.0)
+    recording = torch.is_grad_enabled() and x.requires_grad
+    return y / norm if recording else y.div_(norm)
+
+
+def slab(chunks: Chunks, sums: Sums,
+         peaks: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, Sums]:
+    """Outputs (R, S, C, Dv) of a slab of S chunks, and the sums after it.
+
+    Step 6 for every chunk of the slab: U_c = K_c^T [w v, (s - s_ref) v, v] (F relative to
+    M_c). The sums chunk c reads are those before it: F and E in the frame M_{c-1},
+    ``sum_{j<c} exp(M_j - M_{c-1}) U_j`` plus the carry moved from the frame before the slab,
+    one product with a decay matrix whose exponents are all <= 0; G' and H, plain sums over
+    j < c. Then steps 2-5 (`_chunk_outputs`).
+
+    `chunks` holds unit directions and finite values, in any strides; with `peaks` (the
+    largest magnitudes of q, k and v, (R, S, C) each) it holds the raw vectors instead.
+    """
+    (tc, qc, kc, vc, s, rel, w, m_row, decay, mean_c, g1, gh, g0, m_prev, m_end) = chunks
+    f0, e0, gref0, h0 = sums
+    if peaks is None:  # one contiguous copy: the products below then make no hidden ones
+        qc, kc, vc = qc.contiguous(), kc.contiguous(), vc.contiguous()
+    else:
+        qc, kc, vc = directions(qc, kc, vc, *peaks)
+    rows, count, _, d = kc.shape
+    dv = vc.shape[-1]
+    keys = kc.transpose(-1, -2)  # (R, S, D, C)
+    poly = torch.cat([rel[..., None] * vc, vc], dim=-1)  # (R, S, C, 2Dv): [rel v, v]
+    update_f = (keys @ (w[..., None] * vc)).reshape(rows, count, d * dv)
+    update_gh = (keys @ poly).reshape(rows, count, d * 2 * dv)  # G' and H side by side
+    index = torch.arange(count, device=w.device)
+    strict = index[None, :] < index[:, None]  # (S, S): chunk j feeds chunk c > j
+    gaps = torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
+    decays = torch.exp(gaps)  # (R, S, S): exp(M_j - M_{c-1}) <= 1
+    moved = torch.exp(m_prev[:, :1] - m_prev)  # (R, S): the carry into frame M_{c-1}
+    w_sum = w.sum(dim=-1)  # (R, S)
+    f_before = torch.baddbmm(moved[..., None] * f0.reshape(rows, 1, d * dv), decays, update_f)
+    e_before = (decays @ w_sum[..., None])[..., 0] + moved * e0[:, None]
+    start_gh = torch.cat([gref0, h0], dim=-1).reshape(rows, 1, d * 2 * dv)
+    gh_before = torch.baddbmm(start_gh, strict.to(w.dtype).expand(rows, -1, -1), update_gh)
+    # The sums after the slab, in the frame of its last chunk, M_{S-1}.
+    last = torch.exp(m_end - m_end[:, -1:])[:, None, :]  # (R, 1, S)
+    move_last = torch.exp(m_prev[:, 0] - m_end[:, -1])  # (R,)
+    f_last = (last @ update_f)[:, 0] + move_last[:, None] * f0.reshape(rows, d * dv)
+    e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * e0
+    gh_last = (start_gh[:, 0] + update_gh.sum(dim=1)).reshape(rows, d, 2 * dv)
+    out = _chunk_outputs(tc, qc, keys, vc, poly, s, m_row, decay, e_before, mean_c, g1, gh, g0,
+                         f_before.reshape(rows, count, d, dv),
+                         gh_before.reshape(rows, count, d, 2 * dv))
+    return out, Sums(f_last.reshape(rows, d, dv), e_last, gh_last[..., :dv], gh_last[..., dv:])
+
+
+def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
+                   poly: torch.Tensor, s: torch.Tensor, m_row: torch.Tensor,
+                   decay: torch.Tensor, e_before: torch.Tensor, mean_c: torch.Tensor,
+                   g1: torch.Tensor, gh: torch.Tensor, g0: torch.Tensor,
+                   f_before: torch.Tensor, gh_before: torch.Tensor) -> torch.Tensor:
+    """Steps 2-5 of a slab of chunks: outputs (R, S, C, Dv).
+
+    Within the chunk, W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for
+    i <= t, with a_t = gh_t / E_t and E_t the carried normaliser (moved to row t's frame by
+    `decay`) plus the chunk's own exponentials. With the chunks before (F, G', H) the output is
+
+        a_t (sum_i cos exp(s_i - m_t) v_i + decay_t qh_t F)
+        + b_t (sum_i cos (s_i - s_ref) v_i + qh_t G')
+        + (c_t - b_t (sbar_t - s_ref)) (sum_i cos v_i + qh_t H),
+
+    three products with the chunk's C x C matrices and three with the sums. Shapes: tc (S, C);
+    qc (R, S, C, D); keys (R, S, D, C); vc (R, S, C, Dv); poly (R, S, C, 2Dv) = [(s - s_ref) v,
+    v]; s, m_row, decay, mean_c and the gates (R, S, C); e_before (R, S); f_before
+    (R, S, D, Dv); gh_before (R, S, D, 2Dv) = [G', H].
+    """
+    chunk, dv = qc.shape[2], vc.shape[-1]
+    index = torch.arange(chunk, device=s.device)
+    hidden = index[None, :] > index[:, None]  # (C, C): key i after row t
+    cos = qc @ keys  # (R, S, C, C)
+    e = torch.exp((s[..., None, :] - m_row[..., None]).masked_fill_(hidden, float("-inf")))
+    a = gh / (decay * e_before[..., None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
+    b = (g1 - gh) / tc
+    c = (g0 - gh) / tc - b * mean_c
+    first = torch.baddbmm(_batched(cos * e) @ _batched(vc), _batched(decay[..., None] * qc),
+                          _batched(f_before))
+    rest = torch.baddbmm(_batched(cos.tril()) @ _batched(poly), _batched(qc),
+                         _batched(gh_before)).reshape(poly.shape)
+    out = first.reshape(vc.shape).mul_(a[..., None])
+    out.addcmul_(b[..., None], rest[..., :dv])
+    return out.addcmul_(c[..., None], rest[..., dv:])
+
+
+def _batched(x: torch.Tensor) -> torch.Tensor:
+    """(R, S, m, n) as (R S, m, n), a view of a contiguous tensor (for `torch.baddbmm`)."""
+    return x.reshape(-1, *x.shape[-2:])
