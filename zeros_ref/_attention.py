@@ -7,6 +7,7 @@ from typing import Any
 from array_api_compat import device
 
 from ._chunked import run
+from ._quiet import quietly
 from ._state import State
 from ._validate import Inputs, check_causal, check_inputs
 
@@ -64,6 +65,7 @@ def check_call(
     return inp, _check_state(state, inp)
 
 
+@quietly
 def attention(
     q: Any,
     k: Any,
@@ -115,7 +117,7 @@ def attention(
 
     References
     ----------
-    spec/zeros-spec.md: ZS-DEF-*, ZS-ON-*, ZS-STREAM-*, ZS-STAB-*, ZS-ERR-*.
+    spec/zeros-spec.md: ``ZS-DEF-*``, ``ZS-ON-*``, ``ZS-STREAM-*``, ``ZS-STAB-*``, ``ZS-ERR-*``.
 
     Examples
     --------

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._directions import unit
-from ._logits import deviation_logits, running_mean_logits
+from ._logits import check_default_logits, deviation_logits, running_mean_logits
 from ._state import State
 from ._validate import Inputs
 
@@ -124,8 +124,8 @@ def causal_step(
 ) -> tuple[Any, State]:
     """Causal outputs of one chunk and the state after it (spec 4.2, steps 1-6).
 
-    Shapes: q, k (*B, C, D); v (*B, C, Dv); s and each gate (*B, C). Returns the (*B, C, Dv)
-    outputs and the state of the prefix extended by the chunk.
+    Shapes: q, k ``(*B, C, D)``; v ``(*B, C, Dv)``; s and each gate ``(*B, C)``. Returns the
+    ``(*B, C, Dv)`` outputs and the state of the prefix extended by the chunk.
     """
     c = s.shape[-1]
     t = xp.arange(state.length + 1, state.length + c + 1, dtype=s.dtype, device=device(s))
@@ -188,12 +188,16 @@ def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) ->
     spans = [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
     if not causal and inp.logits is None:
         whole = deviation_logits(inp.k, causal=False)  # (*B, N), ZS-LOG-DEFAULT
+        check_default_logits(xp, whole, inp.k)
 
     def logits(start: int, end: int, st: State) -> Any:  # (*B, C)
         if inp.logits is not None:
             return inp.logits[..., start:end]
         if causal:
-            return running_mean_logits(xp, inp.k[..., start:end, :], st.key_sum, 1.0 + st.length)
+            k = inp.k[..., start:end, :]
+            s = running_mean_logits(xp, k, st.key_sum, 1.0 + st.length)
+            check_default_logits(xp, s, k, st.key_sum)
+            return s
         return whole[..., start:end]
 
     def gates(start: int, end: int) -> tuple[Any, Any, Any]:

@@ -18,6 +18,7 @@ import array_api_compat
 from ._attention import attention as core_attention
 from ._logits import running_mean_logits
 from ._params import PARAMETERS, check_heads, parameter_shapes
+from ._quiet import quietly
 from ._rope import rope as rotate
 from ._state import State
 from ._validate import check_causal, namespace_of
@@ -32,14 +33,14 @@ ROPE_BASE = 10000.0
 class LayerState:
     """The state of a causal layer prefix: what `layer` needs to continue it.
 
+    The prefix length, which is also the RoPE position of the next token, is ``core.length``.
+
     Attributes
     ----------
     core : State
         The core state of every head, leading axes (*B, H).
     u_sum : (*B, H, d) array
         Sum of the radial projections u of the prefix, for the deviation logits.
-
-    The prefix length, which is also the RoPE position of the next token, is ``core.length``.
     """
 
     core: State
@@ -96,6 +97,7 @@ def _sigmoid(xp: Any, x: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * x))  # no overflow for any finite x
 
 
+@quietly
 def layer(
     x: Any,
     params: Mapping[str, Any],

@@ -26,6 +26,9 @@ __all__ = ["State"]
 class State:
     """Summary of a causal prefix; pass it back to `attention` to continue the sequence.
 
+    Backends build a state with keywords (``State(length=..., running_max=..., ...)``) and
+    address the sums by slot (``kv[..., State.G, :, :]``), never by position.
+
     Attributes
     ----------
     length : int
@@ -41,9 +44,6 @@ class State:
         ``State.H``.
     key_sum : (*B, D) array
         Sum of the raw keys, the running mean the default logits need.
-
-    Backends build a state with keywords (``State(length=..., running_max=..., ...)``) and
-    address the sums by slot (``kv[..., State.G, :, :]``), never by position.
     """
 
     F: ClassVar[int] = 0
