@@ -12,12 +12,13 @@ The public face, for backend authors, our own tools (`zeros-bench`) and tests:
 - the requirements of the spec (`load_requirements`, `requirement`) and the checks registered
   for them (`CHECKS`);
 - `registry.load` finds a backend by name, ``module:attr`` or ``file.py:attr``;
-  `xfails.load` reads a list of requirements expected to fail.
+  `xfails.load` reads a list of requirements expected to fail;
+- `html_report.render` writes the HTML report of a run.
 
 Modules whose names start with an underscore are private.
 """
 
-from . import registry, xfails
+from . import html_report, registry, xfails
 from ._compare import TOLERANCE, Comparison, compare, output_scale
 from ._guard import Limits
 from ._harness import CHECKS, Check, Context, Measurement
@@ -62,6 +63,7 @@ __all__ = [
     "compare",
     "exit_code",
     "grows",
+    "html_report",
     "load_requirements",
     "output_scale",
     "registry",

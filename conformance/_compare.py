@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "Comparison", "compare", "output_scale"]
+__all__ = ["ROW_ENTRIES", "TOLERANCE", "Comparison", "compare", "output_scale"]
 
 TOLERANCE: dict[str, float] = {
     "float64": 1e-10,
@@ -26,6 +26,8 @@ TOLERANCE: dict[str, float] = {
     "bfloat16": 6e-2,
 }
 """Largest allowed scale-relative error per input dtype (spec table 7.1)."""
+ROW_ENTRIES = 256
+"""A failed comparison keeps the error of at most this many runs of output rows (`rows`)."""
 
 
 def _prefix(x: np.ndarray, op: np.ufunc, causal: bool) -> np.ndarray:
@@ -62,6 +64,11 @@ class Comparison:
     tolerance: float
     worst_index: tuple[int, ...]
     problem: str = ""
+    rows: tuple[float, ...] = ()
+    """Of a failed comparison: the error of each output row t (max over leading axes and Dv;
+    inf where the output is not finite and the reference is), where the error starts along
+    the sequence. Longer outputs keep the max over each run of `rows_per_entry` rows."""
+    rows_per_entry: int = 1
 
     @property
     def passed(self) -> bool:
@@ -87,12 +94,26 @@ def compare(
         return Comparison(0.0, tolerance, ())
     diff = np.abs(out.astype(np.float64) - ref)
     bad = ~np.isfinite(diff) & np.isfinite(ref)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        return Comparison(np.inf, tolerance, where, f"non-finite output at {where}")
     s = np.broadcast_to(np.asarray(scale, dtype=np.float64)[..., None], diff.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(diff == 0, 0.0, diff / s)
+        rel = np.where(bad, np.inf, np.where(diff == 0, 0.0, diff / s))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        return Comparison(np.inf, tolerance, where, f"non-finite output at {where}",
+                          *_rows(rel))
     flat = int(np.argmax(rel))
     worst = tuple(int(i) for i in np.unravel_index(flat, rel.shape))
-    return Comparison(float(rel.reshape(-1)[flat]), tolerance, worst)
+    error = float(rel.reshape(-1)[flat])
+    if error <= tolerance:
+        return Comparison(error, tolerance, worst)
+    return Comparison(error, tolerance, worst, "", *_rows(rel))
+
+
+def _rows(rel: np.ndarray) -> tuple[tuple[float, ...], int]:
+    """Per-row errors of a (..., N, Dv) array of relative errors, at most `ROW_ENTRIES` of
+    them (the max over runs of rows), and the rows per entry."""
+    n = rel.shape[-2]
+    per_row = np.fmax.reduce(rel.reshape(-1, n, rel.shape[-1]), axis=(0, 2))  # (N,)
+    width = -(-n // ROW_ENTRIES)
+    padded = np.concatenate([per_row, np.zeros(-n % width)])
+    return tuple(float(x) for x in np.fmax.reduce(padded.reshape(-1, width), axis=1)), width

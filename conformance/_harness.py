@@ -50,6 +50,9 @@ class Measurement:
     quantity: str = "error"
     message: str = ""
     passed: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    """What a report may plot: ``row_errors`` (the error of each output row of a failed
+    comparison, `Comparison.rows`) and ``rows_per_entry``."""
 
     def __post_init__(self) -> None:
         if self.passed is None:
@@ -58,8 +61,11 @@ class Measurement:
     @classmethod
     def of(cls, result: Comparison, case: dict[str, Any]) -> Measurement:
         """The measurement of a comparison with the reference (`compare`)."""
+        details = {}
+        if result.rows:
+            details = {"row_errors": list(result.rows), "rows_per_entry": result.rows_per_entry}
         return cls(result.error, result.tolerance, case, message=result.describe(),
-                   passed=result.passed)
+                   passed=result.passed, details=details)
 
 
 def _argument(value: Any) -> Any:

@@ -1,22 +1,25 @@
 """``zeros-conformance``: run the suite on a backend, list backends and requirements.
 
 Exit status of ``run``: 0 when every MUST requirement of the claimed features passes, 1 when
-any fails, 2 when the backend cannot be loaded or the arguments are wrong. The JSON report is
-rewritten before every requirement, so a run that dies leaves the outcomes so far and the
-requirement that was running.
+any fails, 2 when the backend cannot be loaded or the arguments are wrong (checked before any
+requirement runs: seeds, dtypes, requirement IDs, limits and the folders of the reports). The
+JSON report is rewritten before every requirement, so a run that dies leaves the outcomes so far
+and the requirement that was running.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import golden, golden_layer, registry, xfails
+from . import golden, golden_layer, html_report, registry, xfails
 from ._guard import GIB, Limits
 from ._harness import Context
 from .protocol import DTYPES, usable_dtypes
@@ -39,19 +42,60 @@ __all__ = ["main"]
 _GOLDEN_SETS = {"attention": golden, "layer": golden_layer}
 """The golden sets: modules with CASES, default_directory, regenerate and verify."""
 
+SEEDS = 2**32
+"""Seeds are 0 .. SEEDS - 1: what NumPy's generators take, and exact in any JSON reader."""
+REPORTS = ("report", "markdown", "html")
+"""The options that name a report file to write."""
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed in 0 .. SEEDS - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < SEEDS:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEEDS - 1}; got {value}")
+    return value
+
+
+def _check_output(option: str, path: Path) -> str | None:
+    """Why a report cannot be written to `path`, or None. The folder is not created: a
+    mistyped folder is more likely than one meant to be new."""
+    folder = path.parent
+    if path.is_dir():
+        return f"--{option} {path}: is a folder, not a file"
+    if not folder.is_dir():
+        return f"--{option} {path}: the folder {folder} does not exist (create it first)"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--{option} {path}: the folder {folder} is not writable"
+    return None
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeros-conformance", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    go = sub.add_parser("run", help="check a backend against every requirement")
+    go = sub.add_parser("run", help="check a backend against every requirement",
+                        epilog="Wrong arguments exit with status 2 before any requirement runs; "
+                               "the folder of each report (--report, --markdown, --html) must "
+                               "exist: it is not created.")
     go.add_argument("--backend", required=True,
                     help="registered name, module:attr or path/to/file.py:attr")
     go.add_argument("--quick", action="store_true", help="the quick profile (smaller sizes)")
-    go.add_argument("--report", type=Path, help="write the JSON report here")
+    go.add_argument("--report", type=Path,
+                    help="write the JSON report here (rewritten before every requirement)")
     go.add_argument("--markdown", type=Path, help="write a Markdown report here")
+    go.add_argument("--html", type=Path,
+                    help="write an HTML report here: one self-contained file, with plots "
+                         "where matplotlib is installed")
+    go.add_argument("--spec-url", default=html_report.SPEC_URL, metavar="URL",
+                    help="where the HTML report links each requirement's text: URL#zs-... "
+                         "(default %(default)r, the spec page of the documentation site "
+                         "relative to a report at the site's root)")
     go.add_argument("--dtype", action="append", choices=DTYPES,
                     help="test only these claimed dtypes (repeatable)")
-    go.add_argument("--seed", type=int, default=0, help="seed of every drawn case (default 0)")
+    go.add_argument("--seed", type=_seed, default=0,
+                    help=f"seed of every drawn case, 0..{SEEDS - 1} (default 0)")
     go.add_argument("--only", action="append", metavar="ID",
                     help="check only these requirement IDs (repeatable)")
     go.add_argument("--xfails", type=Path, metavar="FILE",
@@ -105,6 +149,21 @@ class _Progress:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    known = {r.id for r in load_requirements()}
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        parser.error(f"--only: unknown requirement IDs {unknown}")
+    if not all(0 < x < math.inf for x in (args.memory_limit, args.time_limit)):
+        parser.error("--memory-limit and --time-limit must be positive and finite")
+    for option in REPORTS:
+        path = getattr(args, option)
+        problem = None if path is None else _check_output(option, path)
+        if problem:
+            parser.error(problem)
+    try:
+        expected = xfails.load(args.xfails) if args.xfails else {}
+    except (OSError, ValueError) as exc:
+        parser.error(f"--xfails: {exc}")
     try:
         backend = registry.load(args.backend)
     except registry.BackendLoadError as exc:
@@ -120,17 +179,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if unclaimed:
         parser.error(f"--dtype {', '.join(unclaimed)} is not claimed by the backend "
                      f"(it claims {', '.join(claimed)})")
-    known = {r.id for r in load_requirements()}
-    unknown = sorted(set(args.only or ()) - known)
-    if unknown:
-        parser.error(f"--only: unknown requirement IDs {unknown}")
-    if args.memory_limit <= 0 or args.time_limit <= 0:
-        parser.error("--memory-limit and --time-limit must be positive")
     limits = Limits(int(args.memory_limit * GIB), args.time_limit)
-    try:
-        expected = xfails.load(args.xfails) if args.xfails else {}
-    except (OSError, ValueError) as exc:
-        parser.error(f"--xfails: {exc}")
     ctx = Context(backend, target=args.backend, profile="quick" if args.quick else "full",
                   seed=args.seed, dtypes=chosen)
     print(f"zeros-conformance: backend {args.backend} ({getattr(backend, 'name', '?')}), "
@@ -163,6 +212,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.markdown:
         args.markdown.write_text(markdown(ctx, outcomes, seconds,
                                           strict_xfails=args.strict_xfails))
+    if args.html:
+        args.html.write_text(html_report.render(ctx, outcomes, seconds,
+                                                strict_xfails=args.strict_xfails,
+                                                spec_url=args.spec_url), encoding="utf-8")
     return code
 
 

@@ -5,7 +5,8 @@ not-applicable requirements are skipped with the reason; a failed SHOULD require
 reported as xfail, a failed (or blocked) MUST requirement fails. Requirements listed with
 ``--zeros-xfails FILE`` are xfail when they fail, and pass (fail with
 ``--zeros-strict-xfails``) when they pass. Checks that grow with N run
-in a child process with the limits of ``zeros-conformance run``.
+in a child process with the limits of ``zeros-conformance run``. ``--zeros-html FILE`` writes
+the HTML report of the requirements that ran when the session ends.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "reported as xfail, or as xpass when they pass")
     group.addoption("--zeros-strict-xfails", action="store_true",
                     help="a listed requirement that passes fails its test")
+    group.addoption("--zeros-html", metavar="FILE",
+                    help="write the HTML report of the requirements that ran here (its folder "
+                         "must exist)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

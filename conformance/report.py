@@ -23,9 +23,13 @@ def _number(x: float) -> float | str:
 
 
 def _measurement(m: Measurement) -> dict[str, Any]:
-    return {"quantity": m.quantity, "value": _number(float(m.value)),
-            "limit": _number(float(m.limit)), "passed": m.passed, "case": m.case,
-            "message": m.message}
+    entry = {"quantity": m.quantity, "value": _number(float(m.value)),
+             "limit": _number(float(m.limit)), "passed": m.passed, "case": m.case,
+             "message": m.message}
+    if m.details.get("row_errors"):
+        entry["details"] = {**m.details,
+                            "row_errors": [_number(x) for x in m.details["row_errors"]]}
+    return entry
 
 
 def _worst(o: Outcome) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from zeros_conformance import (
@@ -12,6 +15,7 @@ from zeros_conformance import (
     Context,
     Limits,
     Session,
+    html_report,
     load_requirements,
     registry,
     xfails,
@@ -37,7 +41,16 @@ def zeros_session(request: pytest.FixtureRequest) -> Session:
         expected = xfails.load(listed) if listed else {}
     except (OSError, ValueError) as exc:
         pytest.exit(f"--zeros-xfails: {exc}", returncode=4)
-    return Session(ctx, limits, expected)
+    session = Session(ctx, limits, expected)
+    page = option("--zeros-html")
+    if page:
+        if not Path(page).parent.is_dir():
+            pytest.exit(f"--zeros-html {page}: the folder does not exist", returncode=4)
+        start = time.perf_counter()
+        request.addfinalizer(lambda: Path(page).write_text(html_report.render(
+            ctx, session.outcomes, time.perf_counter() - start,
+            strict_xfails=option("--zeros-strict-xfails")), encoding="utf-8"))
+    return session
 
 
 @pytest.mark.parametrize("requirement", load_requirements(), ids=lambda r: r.id)

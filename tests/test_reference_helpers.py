@@ -188,8 +188,8 @@ PUBLIC = {
 }
 
 KERNEL = {
-    "DEFAULT_CHUNK_SIZE", "Inputs", "State", "causal_step", "check_call", "check_inputs",
-    "deviation_logits", "running_mean_logits", "unit",
+    "DEFAULT_CHUNK_SIZE", "Inputs", "State", "causal_step", "check_call", "check_default_logits",
+    "check_inputs", "deviation_logits", "running_mean_logits", "unit",
 }
 
 

@@ -13,7 +13,7 @@ from array_api_compat import device
 
 from ._validate import namespace_of
 
-__all__ = ["deviation_logits", "mean_logits", "quadratic_logits"]
+__all__ = ["check_default_logits", "deviation_logits", "mean_logits", "quadratic_logits"]
 
 
 def _check_u(u: Any) -> Any:
@@ -40,6 +40,39 @@ def running_mean_logits(xp: Any, u: Any, prior_sum: Any, prior_weight: Any) -> A
     ubar = (xp.expand_dims(prior_sum, axis=-2) + xp.cumulative_sum(u, axis=-2))
     ubar = ubar / count[..., :, None]
     return -xp.sum(u * ubar, axis=-1) / math.sqrt(d)  # (..., C)
+
+
+def check_default_logits(xp: Any, s: Any, k: Any, key_sum: Any = None) -> None:
+    """Raise `ValueError` naming `k` when finite keys give default logits that are not finite.
+
+    Parameters
+    ----------
+    xp : array namespace of the arrays.
+    s : (..., C) the default logits (ZS-LOG-DEFAULT) of the keys `k`.
+    k : (..., C, D) keys of the call (or of one chunk of it).
+    key_sum : (..., D) array or None, the sum of the keys of a streamed prefix (if any).
+
+    Notes
+    -----
+    ``-<k_i, ubar_i> / sqrt(D)`` exceeds the dtype's range only when ``|k_i| |ubar_i|`` does,
+    for keys of norm about 1e154 in float64 and 1e19 in float32: such keys are bad input
+    (spec sections 3 and 8), and a non-finite logit would make the output NaN without a word.
+    Where a key (or the prefix) is itself non-finite, its logit is not finite either, which
+    is the non-finite input of ZS-ERR-NONFINITE, not an error. The check reads one boolean on
+    the host per call (and three to build the message).
+    """
+    if bool(xp.all(xp.isfinite(s))):
+        return
+    if not bool(xp.all(xp.isfinite(k))):
+        return
+    if key_sum is not None and not bool(xp.all(xp.isfinite(key_sum))):
+        return
+    largest = float(xp.max(xp.abs(k)))
+    raise ValueError(
+        f"`k` is too large for the default logits: with keys of up to {largest:.3g} in "
+        f"magnitude, -<k_i, ubar_i> / sqrt(D) is past the largest {k.dtype} number (spec 3); "
+        "pass `logits`, or keys of a smaller norm"
+    )
 
 
 def deviation_logits(u: Any, *, mu: Any = 0.0, tau: float = 1.0, causal: bool = True) -> Any:

@@ -67,11 +67,17 @@ class Inputs:
 
     Attributes
     ----------
-    xp : the array namespace of `q`.
-    q, k : (*B, N, D) arrays; v : (*B, N, Dv); logits : (*B, N) or None.
-    first, higher, zero : (*B, N) gate arrays.
-    dtype : the input dtype; compute_dtype : the dtype the algorithm runs in (float32 for
-        half-precision inputs, otherwise the input dtype).
+    xp : namespace
+        The array namespace of `q`.
+    q, k : (*B, N, D) arrays
+    v : (*B, N, Dv) array
+    logits : (*B, N) array or None
+    first, higher, zero : (*B, N) gate arrays
+    dtype : dtype
+        The input dtype.
+    compute_dtype : dtype
+        The dtype the algorithm runs in: float32 for half-precision inputs, otherwise the
+        input dtype.
     """
 
     xp: Any
@@ -185,7 +191,8 @@ def check_inputs(
     TypeError
         A non-array, a dtype that is not real floating, mixed dtypes or mixed array libraries.
     ValueError
-        Too few axes, mismatched N, D or Dv, leading axes that do not broadcast, mixed devices.
+        Too few axes, mismatched N, D or Dv, D = 0 or Dv = 0, leading axes that do not
+        broadcast, mixed devices.
     """
     xp = namespace_of(q, "q")
     dtype = q.dtype
@@ -202,6 +209,12 @@ def check_inputs(
         raise ValueError(f"`v` must have the same length N as `q`; got {v.shape[-2]} and {n}")
     if k.shape[-1] != d:
         raise ValueError(f"`k` must have the same last axis as `q`; got {k.shape[-1]} and {d}")
+    if d == 0:
+        raise ValueError(f"`q` must have a non-empty last axis (D >= 1); got shape "
+                         f"{tuple(q.shape)}")
+    if v.shape[-1] == 0:
+        raise ValueError(f"`v` must have a non-empty last axis (Dv >= 1); got shape "
+                         f"{tuple(v.shape)}")
     leading = [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])]
     if logits is not None:
         _check_array(xp, logits, "logits", dtype, device, 1)

@@ -11,7 +11,8 @@ from typing import Any
 from array_api_compat import device
 
 from ._directions import unit
-from ._logits import deviation_logits
+from ._logits import check_default_logits, deviation_logits
+from ._quiet import quietly
 from ._validate import check_causal, check_inputs, check_logits
 
 __all__ = ["explicit_attention", "weights"]
@@ -41,6 +42,7 @@ def _weights(xp: Any, s: Any, first: Any, higher: Any, zero: Any, causal: bool) 
     return first[..., None] * f + higher[..., None] * h + zero[..., None] * z
 
 
+@quietly
 def weights(
     logits: Any,
     *,
@@ -74,6 +76,7 @@ def weights(
     return xp.astype(_weights(xp, s, *gates, causal), logits.dtype, copy=False)
 
 
+@quietly
 def explicit_attention(
     q: Any,
     k: Any,
@@ -102,7 +105,10 @@ def explicit_attention(
     inp = check_inputs(q, k, v, logits, first, higher, zero)
     check_causal(causal)
     xp = inp.xp
-    s = inp.logits if inp.logits is not None else deviation_logits(inp.k, causal=causal)
+    s = inp.logits
+    if s is None:
+        s = deviation_logits(inp.k, causal=causal)  # (..., N), ZS-LOG-DEFAULT
+        check_default_logits(xp, s, inp.k)
     r = _weights(xp, s, inp.first, inp.higher, inp.zero, causal)  # (..., N, N)
     cos = unit(xp, inp.q) @ xp.matrix_transpose(unit(xp, inp.k))  # (..., N, N)
     return xp.astype((r * cos) @ inp.v, inp.dtype, copy=False)

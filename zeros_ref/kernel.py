@@ -15,8 +15,9 @@ are public and keep their meaning within a spec version:
     The exact chunk step of spec 4.2: outputs of one chunk and the state after it.
 `unit`
     Unit directions along the last axis, exact for any finite scale, zero for zero vectors.
-`deviation_logits`, `running_mean_logits`
-    The default logits (ZS-LOG-DEFAULT), from scratch or continuing a carried key sum.
+`deviation_logits`, `running_mean_logits`, `check_default_logits`
+    The default logits (ZS-LOG-DEFAULT), from scratch or continuing a carried key sum, and
+    the error for finite keys whose default logits are past the dtype's range (spec 8).
 
 Examples
 --------
@@ -38,7 +39,7 @@ ValueError: `k` must have the same last axis as `q`; got 3 and 4
 from ._attention import DEFAULT_CHUNK_SIZE, check_call
 from ._chunked import causal_step
 from ._directions import unit
-from ._logits import deviation_logits, running_mean_logits
+from ._logits import check_default_logits, deviation_logits, running_mean_logits
 from ._state import State
 from ._validate import Inputs, check_inputs
 
@@ -48,6 +49,7 @@ __all__ = [
     "State",
     "causal_step",
     "check_call",
+    "check_default_logits",
     "check_inputs",
     "deviation_logits",
     "running_mean_logits",

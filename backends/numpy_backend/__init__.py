@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from zeros_machine import blas_limitable, cpus
-from zeros_ref.kernel import State, check_call, deviation_logits
+from zeros_ref.kernel import State, check_call, check_default_logits, deviation_logits
 
 from .bidirectional import bidirectional_rows
 from .frames import Seq, spread_limit
@@ -188,11 +188,12 @@ class NumpyBackend:
         if n == 0:
             out = np.zeros((*batch, 0, dv), dtype=inp.dtype)
             return (out, start) if return_state else out
-        if causal:
-            flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
-                                     return_state=return_state)
-        else:
-            flat, end = self._bidirectional(inp), None
+        with np.errstate(all="ignore"):  # no warnings from the internals (spec 8)
+            if causal:
+                flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
+                                         return_state=return_state)
+            else:
+                flat, end = self._bidirectional(inp), None
         out = flat.reshape(*batch, n, dv).astype(inp.dtype, copy=False)
         if return_state:
             return out, end.with_batch(np, batch)
@@ -208,7 +209,12 @@ class NumpyBackend:
         if not big or not blas_limitable():
             workers = 1
         groups = row_groups(nrows, max(1, min(workers, nrows)))
-        return groups, map_groups(fn, groups, single_blas=big)
+
+        def quiet(group: slice) -> Any:  # a worker thread starts with NumPy's default errstate
+            with np.errstate(all="ignore"):
+                return fn(group)
+
+        return groups, map_groups(quiet, groups, single_blas=big)
 
     def _spans(self, n: int) -> Iterator[tuple[int, int, int, int]]:
         """(start, stop, L, C) of runs of equal blocks: whole blocks, whole chunks, the rest."""
@@ -245,6 +251,7 @@ class NumpyBackend:
             paths, state = Counter(), start.rows(group)
             if logits is None:
                 s, key_sum = causal_logits(k[group], state)
+                check_default_logits(np, s, k[group], state.key_sum)
             else:
                 s, key_sum = logits[group], state.key_sum  # the sum is read only when returned
                 if return_state:
@@ -277,6 +284,7 @@ class NumpyBackend:
         v = inp.v.reshape(nrows, n, dv)
         if inp.logits is None:
             s = deviation_logits(k, causal=False)  # (R, N), ZS-LOG-DEFAULT
+            check_default_logits(np, s, k)
         else:
             s = inp.logits.reshape(nrows, n)
         gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))

@@ -38,6 +38,8 @@ def shape_errors_name_the_argument(ctx: Context) -> Iterator[Measurement]:
         ("k", {"k": x["k"][:, :7]}, "N of k"),
         ("v", {"v": x["v"][:, :5]}, "N of v"),
         ("k", {"k": x["k"][..., :3]}, "D of k"),
+        ("q", {"q": x["q"][..., :0], "k": x["k"][..., :0]}, "D = 0"),
+        ("v", {"v": x["v"][..., :0]}, "Dv = 0"),
         ("logits", {"logits": x["logits"][:, :6]}, "N of logits"),
         ("k", {"k": np.stack([x["k"]] * 3)[:, 0]}, "leading axes"),
         ("first", {"first": np.ones(5)}, "gate length"),
