@@ -53,9 +53,10 @@ last, from `Chunks` and the sums before the first (in the frame M_{-1} = m_prev[
 
 def peak(x: torch.Tensor) -> torch.Tensor:
     """The largest magnitude of every vector along the last axis, (...,): NaN or inf exactly
-    where the vector holds a non-finite value. One pass, no temporary; outside autograd (unit
-    directions do not depend on it: x / |x| is the same whatever x is first divided by)."""
-    return torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=-1)
+    where the vector holds a non-finite value. Outside autograd (unit directions do not
+    depend on it: x / |x| is the same whatever x is first divided by)."""
+    x = x.detach()
+    return torch.maximum(x.amax(dim=-1), -x.amin(dim=-1))  # two reads, no temporary
 
 
 def _finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +85,8 @@ def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> 
         kbar = k.sum(dim=1, keepdim=True) / (1.0 + n)
         return -(k * kbar).sum(dim=-1) / math.sqrt(d)
     blocks = k.reshape(rows, n // chunk, chunk, d)
-    within = torch.cumsum(blocks, dim=2)  # (R, nc, C, D)
+    ones = torch.ones(chunk, chunk, dtype=k.dtype, device=k.device).tril_()
+    within = ones @ blocks  # (R, nc, C, D): cumulative sums (a product is faster than cumsum)
     totals = within[:, :, -1]
     before = state.key_sum[:, None] + torch.cumsum(totals, dim=1) - totals  # (R, nc, D)
     dots = (blocks * within).sum(dim=-1) + (blocks @ before[..., None])[..., 0]  # (R, nc, C)
@@ -130,14 +132,13 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
                 & torch.isfinite(g0))  # (R, L)
     bad_key = (~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s) & valid
     if causal:
-        out, end = _causal(st, (q, k, v), peaks, s, (g1, gh, g0), n, chunk, return_state,
-                           form)
         poison = bad_row | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0)
+        out, end = _causal(st, (q, k, v), peaks, poison, s, (g1, gh, g0), n, chunk,
+                           return_state, form)
     else:
         qh, kh, v = _recomputed(directions, q, k, v, *peaks)
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
-        poison = bad_row | bad_key.any(dim=1, keepdim=True)
-    out = torch.where(poison[..., None], float("nan"), out)
+        out = torch.where((bad_row | bad_key.any(dim=1, keepdim=True))[..., None], math.nan, out)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
         return out, None
@@ -186,12 +187,13 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
 
 
 def _causal(st: State, vectors: tuple[torch.Tensor, ...], peaks: tuple[torch.Tensor, ...],
-            s: torch.Tensor, gates: tuple[torch.Tensor, ...], n: int, chunk: int,
-            return_state: bool, form: Form | None) -> tuple[torch.Tensor, State | None]:
+            poison: torch.Tensor, s: torch.Tensor, gates: tuple[torch.Tensor, ...], n: int,
+            chunk: int, return_state: bool,
+            form: Form | None) -> tuple[torch.Tensor, State | None]:
     """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`. Shapes: the
-    raw vectors q, k (R, L, D) and v (R, L, Dv); their peaks, s and the gates (R, L);
-    L = nc C >= n real tokens. Returns (R, L, Dv) and the state (rows R; the caller sets its
-    length and key sum)."""
+    raw vectors q, k (R, L, D) and v (R, L, Dv); their peaks, the rows to set to NaN, s and
+    the gates (R, L); L = nc C >= n real tokens. Returns (R, L, Dv) and the state (rows R;
+    the caller sets its length and key sum)."""
     rows, length, _ = vectors[0].shape
     v = vectors[2]
     dv, nc = v.shape[-1], length // chunk
@@ -225,10 +227,11 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], peaks: tuple[torch.Ten
                     *(per_chunk(g) for g in gates), m_prev, m_end)
     sums = Sums(f0, st.normaliser, g0_ref, h0)
     if form is None:
-        out, last = _slabs(chunks, sums, tuple(per_chunk(p) for p in peaks))
+        out, last = _slabs(chunks, sums, tuple(per_chunk(x) for x in (*peaks, poison)))
+        out = out.reshape(rows, length, dv)
     else:
         out, last = form(chunks, sums)
-    out = out.reshape(rows, length, dv)
+        out = torch.where(poison[..., None], math.nan, out.reshape(rows, length, dv))
     if not return_state:
         return out, None
     m_last, mean_last = m_end[:, -1], mean_rel[:, n - 1]  # sbar - s_ref after the last token
@@ -245,14 +248,15 @@ def slabs(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
 
 
 def _slabs(chunks: Chunks, sums: Sums,
-           peaks: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, Sums]:
-    """`slabs`, on raw vectors with these peaks (R, nc, C) if given (see `slab`)."""
+           raw: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, Sums]:
+    """`slabs`, on raw vectors if `raw` gives their peaks and the rows to set to NaN, each
+    (R, nc, C) (see `slab`)."""
     recording = _recording(*chunks[1:])
     size = SLAB_TRAINING if recording else SLAB
     # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
     # slab (each slice's backward would allocate a whole-sized gradient).
     pieces = zip(torch.split(chunks.t, size), *(torch.split(x, size, dim=1) for x in chunks[1:]))
-    parts = zip(*(torch.split(p, size, dim=1) for p in peaks)) if peaks else repeat(None)
+    parts = zip(*(torch.split(x, size, dim=1) for x in raw)) if raw else repeat(None)
     outputs = []
     for piece, part in zip(pieces, parts):
         if recording:  # recomputed in backward: only the slab's inputs are kept
