@@ -36,7 +36,7 @@ import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-from .torch_slab import Chunks, Sums, directions, slab
+from .torch_slab import Chunks, Sums, directions, peak, slab
 
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "peak", "slabs"]
 
@@ -49,14 +49,6 @@ SLAB_TRAINING = 16
 Form = Callable[[Chunks, Sums], tuple[torch.Tensor, Sums]]
 """A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and the sums after the
 last, from `Chunks` and the sums before the first (in the frame M_{-1} = m_prev[:, 0])."""
-
-
-def peak(x: torch.Tensor) -> torch.Tensor:
-    """The largest magnitude of every vector along the last axis, (...,): NaN or inf exactly
-    where the vector holds a non-finite value. Outside autograd (unit directions do not
-    depend on it: x / |x| is the same whatever x is first divided by)."""
-    x = x.detach()
-    return torch.maximum(x.amax(dim=-1), -x.amin(dim=-1))  # two reads, no temporary
 
 
 def _finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,20 +70,23 @@ def _prefix_sum(x: torch.Tensor, chunk: int) -> torch.Tensor:
 
 def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> torch.Tensor:
     """ZS-LOG-DEFAULT for (R, N, D) keys (N a multiple of `chunk` when causal):
-    ``-<k_t, kbar_t> / sqrt(D)``, with ``<k_t, sum_{i<=t} k_i>`` taken in two levels (within
-    the chunk, then with the chunks before), so that rounding grows with C + N/C terms."""
+    ``-<k_t, kbar_t> / sqrt(D)``, with ``sum_{i<=t} k_i`` taken in two levels (within the
+    chunk, then the chunks before), so that rounding grows with C + N/C terms; a slab of
+    chunks at a time, so that the temporaries stay small."""
     rows, n, d = k.shape
     if not causal:
         kbar = k.sum(dim=1, keepdim=True) / (1.0 + n)
         return -(k * kbar).sum(dim=-1) / math.sqrt(d)
-    blocks = k.reshape(rows, n // chunk, chunk, d)
     ones = torch.ones(chunk, chunk, dtype=k.dtype, device=k.device).tril_()
-    within = ones @ blocks  # (R, nc, C, D): cumulative sums (a product is faster than cumsum)
-    totals = within[:, :, -1]
-    before = state.key_sum[:, None] + torch.cumsum(totals, dim=1) - totals  # (R, nc, D)
-    dots = (blocks * within).sum(dim=-1) + (blocks @ before[..., None])[..., 0]  # (R, nc, C)
+    key_sum, dots = state.key_sum, []
+    for part in torch.split(k.reshape(rows, n // chunk, chunk, d), SLAB, dim=1):
+        within = ones @ part  # (R, S, C, D): sums within each chunk (faster than cumsum)
+        totals = within[:, :, -1]
+        before = key_sum[:, None] + torch.cumsum(totals, dim=1) - totals  # (R, S, D)
+        key_sum = before[:, -1] + totals[:, -1]  # (before `within`, of which totals is a view)
+        dots.append((part * within.add_(before[:, :, None])).sum(dim=-1))  # (R, S, C)
     count = state.length + 1.0 + torch.arange(1, n + 1, dtype=k.dtype, device=k.device)
-    return dots.reshape(rows, n) / (-math.sqrt(d) * count)
+    return torch.cat(dots, dim=1).reshape(rows, n) / (-math.sqrt(d) * count)
 
 
 def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_state: bool,
@@ -123,29 +118,25 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     # vectors in `directions`, a slab at a time) and the rows they reach set to NaN.
     q, k, v = flat(inp.q, d), flat(inp.k, d), flat(inp.v, dv)
     g1, gh, g0 = (flat(g) for g in (inp.first, inp.higher, inp.zero))
-    peaks = (peak(q), peak(k), peak(v))  # (R, L) each
     s_given = _default_logits(k, st, causal, chunk) if inp.logits is None else flat(
         inp.logits)
     s, bad_s = _finite(s_given)
-    valid = torch.arange(length, device=q.device) < n  # (L,) real tokens, not padding
-    bad_row = ~(torch.isfinite(peaks[0]) & torch.isfinite(g1) & torch.isfinite(gh)
-                & torch.isfinite(g0))  # (R, L)
-    bad_key = (~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s) & valid
+    bad_gate = ~(torch.isfinite(g1) & torch.isfinite(gh) & torch.isfinite(g0))  # (R, L)
     if causal:
-        poison = bad_row | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0)
-        out, end = _causal(st, (q, k, v), peaks, poison, s, (g1, gh, g0), n, chunk,
+        out, end = _causal(st, (q, k, v), s, (bad_gate, bad_s), (g1, gh, g0), n, chunk,
                            return_state, form)
     else:
+        peaks = peak(q), peak(k), peak(v)  # (R, L) each
         qh, kh, v = _recomputed(directions, q, k, v, *peaks)
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
-        out = torch.where((bad_row | bad_key.any(dim=1, keepdim=True))[..., None], math.nan, out)
+        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s
+        poison = bad_gate | ~torch.isfinite(peaks[0]) | bad_key.any(dim=1, keepdim=True)
+        out = torch.where(poison[..., None], math.nan, out)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
         return out, None
-    spoilt = bad_key.any(dim=1)  # (R,): the state summarises a non-finite key, value or logit
-    end = State(length=st.length + n, running_max=_spoil(end.running_max, spoilt),
-                mean_offset=_spoil(end.mean_offset, spoilt),
-                normaliser=_spoil(end.normaliser, spoilt), kv=_spoil(end.kv, spoilt),
+    end = State(length=st.length + n, running_max=end.running_max,
+                mean_offset=end.mean_offset, normaliser=end.normaliser, kv=end.kv,
                 key_sum=st.key_sum + k.sum(dim=1))
     return out, end.with_batch(torch, batch)
 
@@ -186,14 +177,15 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
     return query @ sums
 
 
-def _causal(st: State, vectors: tuple[torch.Tensor, ...], peaks: tuple[torch.Tensor, ...],
-            poison: torch.Tensor, s: torch.Tensor, gates: tuple[torch.Tensor, ...], n: int,
+def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
+            bad: tuple[torch.Tensor, ...], gates: tuple[torch.Tensor, ...], n: int,
             chunk: int, return_state: bool,
             form: Form | None) -> tuple[torch.Tensor, State | None]:
     """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`. Shapes: the
-    raw vectors q, k (R, L, D) and v (R, L, Dv); their peaks, the rows to set to NaN, s and
-    the gates (R, L); L = nc C >= n real tokens. Returns (R, L, Dv) and the state (rows R;
-    the caller sets its length and key sum)."""
+    raw vectors q, k (R, L, D) and v (R, L, Dv); s, the gates and `bad` (rows whose gates,
+    keys whose logits are not finite) (R, L); L = nc C >= n real tokens. Returns (R, L, Dv)
+    with NaN where a non-finite input reaches, and the state (rows R, NaN after a non-finite
+    key, value or logit; the caller sets its length and key sum)."""
     rows, length, _ = vectors[0].shape
     v = vectors[2]
     dv, nc = v.shape[-1], length // chunk
@@ -220,14 +212,18 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], peaks: tuple[torch.Ten
         return x.reshape(rows, nc, chunk, *tail)
 
     if form is not None:  # the form takes unit directions and finite values
-        vectors = _recomputed(directions, *vectors, *peaks)
+        peaks = peak(vectors[0]), peak(vectors[1]), peak(vectors[2])  # (R, L)
+        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad[1]
+        poison = (bad[0] | ~torch.isfinite(peaks[0])
+                  | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0))
+        vectors, seen = _recomputed(directions, *vectors, *peaks), bad_key.any(dim=1)
     q, k, v = (per_chunk(x, x.shape[-1]) for x in vectors)
     chunks = Chunks(t.reshape(nc, chunk), q, k, v, per_chunk(s), per_chunk(rel), w, m_row,
                     torch.exp(m_prev[..., None] - m_row), per_chunk(mean_rel),
                     *(per_chunk(g) for g in gates), m_prev, m_end)
     sums = Sums(f0, st.normaliser, g0_ref, h0)
     if form is None:
-        out, last = _slabs(chunks, sums, tuple(per_chunk(x) for x in (*peaks, poison)))
+        out, last, seen = _slabs(chunks, sums, tuple(per_chunk(x) for x in bad))
         out = out.reshape(rows, length, dv)
     else:
         out, last = form(chunks, sums)
@@ -236,33 +232,38 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], peaks: tuple[torch.Ten
         return out, None
     m_last, mean_last = m_end[:, -1], mean_rel[:, n - 1]  # sbar - s_ref after the last token
     kv = torch.stack([last.f, last.g - mean_last[:, None, None] * last.h, last.h], dim=1)
-    end = State(length=st.length, running_max=m_last, mean_offset=mean_last + s_ref - m_last,
-                normaliser=last.e, kv=kv, key_sum=st.key_sum)
+    end = State(length=st.length, running_max=_spoil(m_last, seen),
+                mean_offset=_spoil(mean_last + s_ref - m_last, seen),
+                normaliser=_spoil(last.e, seen), kv=_spoil(kv, seen), key_sum=st.key_sum)
     return out, end
 
 
 def slabs(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
     """The `Form` of this module: a slab of `SLAB` chunks at a time (`SLAB_TRAINING`, each
     checkpointed, when autograd records), every chunk of a slab at once (`slab`)."""
-    return _slabs(chunks, sums, None)
+    out, sums, _ = _slabs(chunks, sums, None)
+    return out, sums
 
 
-def _slabs(chunks: Chunks, sums: Sums,
-           raw: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, Sums]:
-    """`slabs`, on raw vectors if `raw` gives their peaks and the rows to set to NaN, each
-    (R, nc, C) (see `slab`)."""
+def _slabs(chunks: Chunks, sums: Sums, bad: tuple[torch.Tensor, ...] | None
+           ) -> tuple[torch.Tensor, Sums, torch.Tensor | None]:
+    """`slabs`; on raw vectors if `bad` gives the rows whose gates and the keys whose logits
+    are not finite, (R, nc, C) each (see `slab`), also returning the rows (R,) whose state
+    has met a non-finite key, value or logit."""
     recording = _recording(*chunks[1:])
     size = SLAB_TRAINING if recording else SLAB
     # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
     # slab (each slice's backward would allocate a whole-sized gradient).
     pieces = zip(torch.split(chunks.t, size), *(torch.split(x, size, dim=1) for x in chunks[1:]))
-    parts = zip(*(torch.split(x, size, dim=1) for x in raw)) if raw else repeat(None)
+    parts = zip(*(torch.split(x, size, dim=1) for x in bad)) if bad else repeat(None)
+    seen = chunks.s.new_zeros(chunks.s.shape[0], dtype=torch.bool) if bad else None
     outputs = []
     for piece, part in zip(pieces, parts):
+        args = (Chunks(*piece), sums, None if part is None else (*part, seen))
         if recording:  # recomputed in backward: only the slab's inputs are kept
-            out, sums = torch.utils.checkpoint.checkpoint(slab, Chunks(*piece), sums, part,
-                                                          use_reentrant=False)
+            out, sums, seen = torch.utils.checkpoint.checkpoint(slab, *args,
+                                                                use_reentrant=False)
         else:
-            out, sums = slab(Chunks(*piece), sums, part)
+            out, sums, seen = slab(*args)
         outputs.append(out)
-    return torch.cat(outputs, dim=1), sums
+    return torch.cat(outputs, dim=1), sums, seen

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Chunks", "Sums", "directions", "slab"]
+__all__ = ["Chunks", "Sums", "directions", "peak", "slab"]
 
 
 class Chunks(NamedTuple):
@@ -52,6 +52,14 @@ class Sums(NamedTuple):
 
 
 
+def peak(x: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of every vector along the last axis, (...,): NaN or inf exactly
+    where the vector holds a non-finite value. Outside autograd (unit directions do not
+    depend on it: x / |x| is the same whatever x is first divided by)."""
+    x = x.detach()
+    return torch.maximum(x.amax(dim=-1), -x.amin(dim=-1))  # two reads, no temporary
+
+
 def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
                k_peak: torch.Tensor, v_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Unit directions of q and k and the values, from raw vectors (..., D) / (..., Dv) and
@@ -77,8 +85,8 @@ def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
     return y / norm if recording else y.div_(norm)
 
 
-def slab(chunks: Chunks, sums: Sums,
-         raw: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, Sums]:
+def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = None
+         ) -> tuple[torch.Tensor, Sums, torch.Tensor | None]:
     """Outputs (R, S, C, Dv) of a slab of S chunks, and the sums after it.
 
     Step 6 for every chunk of the slab: U_c = K_c^T [w v, (s - s_ref) v, v] (F relative to
@@ -87,16 +95,26 @@ def slab(chunks: Chunks, sums: Sums,
     one product with a decay matrix whose exponents are all <= 0; G' and H, plain sums over
     j < c. Then steps 2-5 (`_chunk_outputs`).
 
-    `chunks` holds unit directions and finite values, in any strides. With `raw` = (largest
-    magnitudes of q, k and v, rows to set to NaN), (R, S, C) each, it holds the raw vectors
-    instead, and the rows that a non-finite input reaches come out as NaN.
+    `chunks` holds unit directions and finite values, in any strides. With `screen` =
+    (rows whose gates are not finite, keys whose logit is not finite, both (R, S, C); rows
+    (R,) that met a non-finite key, value or logit before the slab), it holds the raw vectors
+    instead: the slab takes their directions, sets every row a non-finite input reaches to
+    NaN, and returns the rows that have met one by its end (else None).
     """
     (tc, qc, kc, vc, s, rel, w, m_row, decay, mean_c, g1, gh, g0, m_prev, m_end) = chunks
     f0, e0, gref0, h0 = sums
-    if raw is None:  # one contiguous copy: the products below then make no hidden ones
+    if screen is None:  # one contiguous copy: the products below then make no hidden ones
         qc, kc, vc = qc.contiguous(), kc.contiguous(), vc.contiguous()
+        seen = None
     else:
-        qc, kc, vc = directions(qc, kc, vc, *raw[:3])
+        bad_gate, bad_s, seen = screen
+        peaks = peak(qc), peak(kc), peak(vc)  # (R, S, C)
+        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s
+        reached = (torch.cumsum(bad_key.flatten(1).to(torch.int32), dim=1) > 0).reshape(
+            bad_key.shape) | seen[:, None, None]
+        poison = reached | bad_gate | ~torch.isfinite(peaks[0])
+        seen = reached[:, -1, -1]
+        qc, kc, vc = directions(qc, kc, vc, *peaks)
     rows, count, _, d = kc.shape
     dv = vc.shape[-1]
     keys = kc.transpose(-1, -2)  # (R, S, D, C)
@@ -122,9 +140,10 @@ def slab(chunks: Chunks, sums: Sums,
     out = _chunk_outputs(tc, qc, keys, vc, poly, s, m_row, decay, e_before, mean_c, g1, gh, g0,
                          f_before.reshape(rows, count, d, dv),
                          gh_before.reshape(rows, count, d, 2 * dv))
-    if raw is not None:
-        out = out.masked_fill_(raw[3][..., None], math.nan)
-    return out, Sums(f_last.reshape(rows, d, dv), e_last, gh_last[..., :dv], gh_last[..., dv:])
+    if screen is not None:
+        out = out.masked_fill_(poison[..., None], math.nan)
+    after = Sums(f_last.reshape(rows, d, dv), e_last, gh_last[..., :dv], gh_last[..., dv:])
+    return out, after, seen
 
 
 def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
