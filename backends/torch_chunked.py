@@ -36,7 +36,7 @@ import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-from .torch_slab import Chunks, Sums, directions, peak, slab
+from .torch_slab import Chunks, Sums, broken, directions, peak, slab
 
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "peak", "slabs"]
 
@@ -129,8 +129,8 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         peaks = peak(q), peak(k), peak(v)  # (R, L) each
         qh, kh, v = _recomputed(directions, q, k, v, *peaks)
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
-        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s
-        poison = bad_gate | ~torch.isfinite(peaks[0]) | bad_key.any(dim=1, keepdim=True)
+        bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad_s
+        poison = bad_gate | broken(peaks[0]) | bad_key.any(dim=1, keepdim=True)
         out = torch.where(poison[..., None], math.nan, out)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
@@ -213,8 +213,8 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
 
     if form is not None:  # the form takes unit directions and finite values
         peaks = peak(vectors[0]), peak(vectors[1]), peak(vectors[2])  # (R, L)
-        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad[1]
-        poison = (bad[0] | ~torch.isfinite(peaks[0])
+        bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad[1]
+        poison = (bad[0] | broken(peaks[0])
                   | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0))
         vectors, seen = _recomputed(directions, *vectors, *peaks), bad_key.any(dim=1)
     q, k, v = (per_chunk(x, x.shape[-1]) for x in vectors)

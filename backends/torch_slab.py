@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Chunks", "Sums", "directions", "peak", "slab"]
+__all__ = ["Chunks", "Sums", "broken", "directions", "peak", "slab"]
 
 
 class Chunks(NamedTuple):
@@ -60,6 +60,12 @@ def peak(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(x.amax(dim=-1), -x.amin(dim=-1))  # two reads, no temporary
 
 
+def broken(peak: torch.Tensor) -> torch.Tensor:
+    """Which vectors hold a non-finite value, from their peaks: NaN or inf (two operations,
+    where `torch.isfinite` takes five)."""
+    return ~(peak < math.inf)
+
+
 def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
                k_peak: torch.Tensor, v_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Unit directions of q and k and the values, from raw vectors (..., D) / (..., Dv) and
@@ -70,9 +76,9 @@ def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.
     its own row only). Each vector is divided by its largest magnitude before its norm is
     taken, so the direction is exact for any finite scale.
     """
-    bad_k = ~torch.isfinite(k_peak)
+    bad_k = broken(k_peak)
     k = torch.where(bad_k[..., None], 0.0, k)
-    v = torch.where(~torch.isfinite(v_peak)[..., None], 0.0, v)
+    v = torch.where(broken(v_peak)[..., None], 0.0, v)
     return _unit(q, q_peak), _unit(k, torch.where(bad_k, 0.0, k_peak)), v
 
 
@@ -109,49 +115,54 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     else:
         bad_gate, bad_s, seen = screen
         peaks = peak(qc), peak(kc), peak(vc)  # (R, S, C)
-        bad_key = ~torch.isfinite(peaks[1]) | ~torch.isfinite(peaks[2]) | bad_s
+        bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad_s  # maximum keeps NaN
         reached = (torch.cumsum(bad_key.flatten(1).to(torch.int32), dim=1) > 0).reshape(
             bad_key.shape) | seen[:, None, None]
-        poison = reached | bad_gate | ~torch.isfinite(peaks[0])
+        poison = reached | bad_gate | broken(peaks[0])
         seen = reached[:, -1, -1]
         qc, kc, vc = directions(qc, kc, vc, *peaks)
-    rows, count, _, d = kc.shape
+    rows, count, chunk, d = kc.shape
     dv = vc.shape[-1]
-    keys = kc.transpose(-1, -2)  # (R, S, D, C)
-    poly = torch.cat([rel[..., None] * vc, vc], dim=-1)  # (R, S, C, 2Dv): [rel v, v]
-    update_f = (keys @ (w[..., None] * vc)).reshape(rows, count, d * dv)
-    update_gh = (keys @ poly).reshape(rows, count, d * 2 * dv)  # G' and H side by side
+    # Every chunk of the slab in one batch of B = R S matrices, views of contiguous memory.
+    q3, k3, v3 = (x.reshape(rows * count, chunk, x.shape[-1]) for x in (qc, kc, vc))
+    keys = k3.transpose(1, 2)  # (B, D, C)
+    poly = torch.cat([rel.reshape(-1, chunk, 1) * v3, v3], dim=-1)  # (B, C, 2Dv): [rel v, v]
+    update_f = torch.bmm(keys, w.reshape(-1, chunk, 1) * v3).view(rows, count, d * dv)
+    update_gh = torch.bmm(keys, poly).view(rows, count, d * 2 * dv)  # G' and H side by side
     index = torch.arange(count, device=w.device)
     strict = index[None, :] < index[:, None]  # (S, S): chunk j feeds chunk c > j
     gaps = torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
     decays = torch.exp(gaps)  # (R, S, S): exp(M_j - M_{c-1}) <= 1
     moved = torch.exp(m_prev[:, :1] - m_prev)  # (R, S): the carry into frame M_{c-1}
     w_sum = w.sum(dim=-1)  # (R, S)
-    f_before = (decays @ update_f).addcmul_(moved[..., None], f0.reshape(rows, 1, d * dv))
-    e_before = (decays @ w_sum[..., None])[..., 0] + moved * e0[:, None]
+    f_before = torch.bmm(decays, update_f).addcmul_(moved[..., None],
+                                                    f0.reshape(rows, 1, d * dv))
+    e_before = torch.bmm(decays, w_sum[..., None])[..., 0] + moved * e0[:, None]
     start_gh = torch.cat([gref0, h0], dim=-1).reshape(rows, 1, d * 2 * dv)
-    gh_before = (strict.to(w.dtype) @ update_gh).add_(start_gh)
+    gh_before = torch.bmm(strict.to(w.dtype).expand(rows, -1, -1), update_gh).add_(start_gh)
     # The sums after the slab, in the frame of its last chunk, M_{S-1}.
     last = torch.exp(m_end - m_end[:, -1:])[:, None, :]  # (R, 1, S)
     move_last = torch.exp(m_prev[:, 0] - m_end[:, -1])  # (R,)
-    f_last = (last @ update_f)[:, 0] + move_last[:, None] * f0.reshape(rows, d * dv)
+    f_last = torch.bmm(last, update_f)[:, 0] + move_last[:, None] * f0.reshape(rows, d * dv)
     e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * e0
     gh_last = (start_gh[:, 0] + update_gh.sum(dim=1)).reshape(rows, d, 2 * dv)
-    out = _chunk_outputs(tc, qc, keys, vc, poly, s, m_row, decay, e_before, mean_c, g1, gh, g0,
-                         f_before.reshape(rows, count, d, dv),
-                         gh_before.reshape(rows, count, d, 2 * dv))
+    per_row = (x.expand(rows, count, chunk).reshape(-1, chunk)
+               for x in (tc, s, m_row, decay, mean_c, g1, gh, g0))
+    out = _chunk_outputs(q3, keys, v3, poly, *per_row, e_before.reshape(-1),
+                         f_before.view(-1, d, dv), gh_before.view(-1, d, 2 * dv))
+    out = out.view(rows, count, chunk, dv)
     if screen is not None:
         out = out.masked_fill_(poison[..., None], math.nan)
     after = Sums(f_last.reshape(rows, d, dv), e_last, gh_last[..., :dv], gh_last[..., dv:])
     return out, after, seen
 
 
-def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
-                   poly: torch.Tensor, s: torch.Tensor, m_row: torch.Tensor,
-                   decay: torch.Tensor, e_before: torch.Tensor, mean_c: torch.Tensor,
-                   g1: torch.Tensor, gh: torch.Tensor, g0: torch.Tensor,
+def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor, poly: torch.Tensor,
+                   tc: torch.Tensor, s: torch.Tensor, m_row: torch.Tensor,
+                   decay: torch.Tensor, mean_c: torch.Tensor, g1: torch.Tensor,
+                   gh: torch.Tensor, g0: torch.Tensor, e_before: torch.Tensor,
                    f_before: torch.Tensor, gh_before: torch.Tensor) -> torch.Tensor:
-    """Steps 2-5 of a slab of chunks: outputs (R, S, C, Dv).
+    """Steps 2-5 of a batch of B chunks: outputs (B, C, Dv).
 
     Within the chunk, W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for
     i <= t, with a_t = gh_t / E_t and E_t the carried normaliser (moved to row t's frame by
@@ -161,34 +172,27 @@ def _chunk_outputs(tc: torch.Tensor, qc: torch.Tensor, keys: torch.Tensor, vc: t
         + b_t (sum_i cos (s_i - s_ref) v_i + qh_t G')
         + (c_t - b_t (sbar_t - s_ref)) (sum_i cos v_i + qh_t H),
 
-    three products with the chunk's C x C matrices and three with the sums. Shapes: tc (S, C);
-    qc (R, S, C, D); keys (R, S, D, C); vc (R, S, C, Dv); poly (R, S, C, 2Dv) = [(s - s_ref) v,
-    v]; s, m_row, decay, mean_c and the gates (R, S, C); e_before (R, S); f_before
-    (R, S, D, Dv); gh_before (R, S, D, 2Dv) = [G', H].
+    three products with the chunk's C x C matrices and three with the sums. Shapes: qc
+    (B, C, D); keys (B, D, C); vc (B, C, Dv); poly (B, C, 2Dv) = [(s - s_ref) v, v]; the
+    counts tc, s, m_row, decay, mean_c and the gates (B, C); e_before (B,); f_before
+    (B, D, Dv); gh_before (B, D, 2Dv) = [G', H].
     """
-    chunk, dv = qc.shape[2], vc.shape[-1]
+    chunk, dv = qc.shape[1], vc.shape[-1]
     index = torch.arange(chunk, device=s.device)
     hidden = index[None, :] > index[:, None]  # (C, C): key i after row t
-    cos = (qc @ keys).tril_()  # (R, S, C, C), zero above the diagonal
+    cos = torch.bmm(qc, keys).tril_()  # (B, C, C), zero above the diagonal
     # exp(s_i - m_t) <= 1 for i <= t. Exponents below log(tiny) + 1 are raised to it (the
     # weight changes by less than 3 times the smallest normal number, against E_t >= 1), and
     # so are those above the diagonal, which meet a zero cosine: exp then never makes a
     # subnormal number or reads -inf, both of which are a hundred times slower on a CPU.
     floor = math.log(torch.finfo(s.dtype).tiny) + 1.0
-    gap = (s[..., None, :] - m_row[..., None]).clamp_(min=floor).masked_fill_(hidden, floor)
+    gap = (s[:, None, :] - m_row[..., None]).clamp_(min=floor).masked_fill_(hidden, floor)
     e = torch.exp(gap)
-    a = gh / (decay * e_before[..., None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
+    a = gh / (decay * e_before[:, None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
     b = (g1 - gh) / tc
     c = (g0 - gh) / tc - b * mean_c
-    first = (_batched(cos * e) @ _batched(vc)).baddbmm_(_batched(decay[..., None] * qc),
-                                                        _batched(f_before))
-    rest = (_batched(cos) @ _batched(poly)).baddbmm_(_batched(qc), _batched(gh_before))
-    rest = rest.reshape(poly.shape)
-    out = first.reshape(vc.shape).mul_(a[..., None])
+    first = torch.bmm(cos * e, vc).baddbmm_(decay[..., None] * qc, f_before)
+    rest = torch.bmm(cos, poly).baddbmm_(qc, gh_before)
+    out = first.mul_(a[..., None])
     out.addcmul_(b[..., None], rest[..., :dv])
     return out.addcmul_(c[..., None], rest[..., dv:])
-
-
-def _batched(x: torch.Tensor) -> torch.Tensor:
-    """(R, S, m, n) as (R S, m, n), a view of a contiguous tensor (for `torch.baddbmm`)."""
-    return x.reshape(-1, *x.shape[-2:])
