@@ -1,0 +1,153 @@
+"""The Triton backend (entry point ``triton``): the chunked causal form of spec 4.2 as two
+Triton kernels, everything around it the torch backend's.
+
+It must equal the reference form, `zeros_ref.attention`, to the tolerance of spec 7.1. The
+torch chunk-parallel form (`zeros_backends.torch_chunked`) computes the frames, the default
+logits, the non-finite handling and the `State`, and hands the chunks of a causal call to a
+`Form`; this backend passes its own, `autograd.form`, which runs the kernels of `chunk`
+(float32 accumulation). What stays on the torch path:
+
+- float64 inputs (the kernels compute in float32; float16, bfloat16 and float32 inputs run
+  the kernels in float32, as the reference computes half precision, ZS-DTYPE-HALF; on a GPU
+  the products of half-precision calls use TF32);
+- the bidirectional form (spec 4.3), one whole-sequence state read by every row;
+- the backward pass: `autograd` recomputes the chunks with the torch form under autograd, so
+  gradients (ZS-GRAD) are the torch backend's; a backward kernel is future work.
+
+Device: with ``TRITON_INTERPRET=1`` in the environment (set before Python starts: Triton
+reads it when the kernels are defined, on first use, and again when they first run), Triton's
+interpreter runs the kernels on CPU tensors (slowly, one fixed tile configuration); without
+it they run on CUDA tensors. Constructing the backend imports neither Triton nor a GPU
+driver; its first use raises a `RuntimeError` that says what is missing.
+
+Layout
+------
+``chunk``      the two kernels (`chunk.forward`, a `Form` without autograd)
+``autograd``   the `torch.autograd.Function` around them (`autograd.form`)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import zeros_ref
+from zeros_backends import torch_chunked
+from zeros_backends.torch_backend import TorchBackend
+from zeros_ref import kernel
+
+__all__ = ["CHUNK_SIZE", "TritonBackend", "backend", "interpreting"]
+
+CHUNK_SIZE = 64
+"""Default chunk length C on both devices (a power of two, at least 16, as the kernels'
+blocks must be); speed only, any C gives the same result."""
+
+
+def interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter (read as Triton 3.9 reads
+    it: 1, y, yes, on or true, in any case)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in {"1", "y", "yes", "on", "true"}
+
+
+class TritonBackend(TorchBackend):
+    """`zeros_ref.attention` with the causal chunks in Triton kernels, behind the protocol of
+    spec 10 (torch tensors in and out).
+
+    Parameters
+    ----------
+    device : str or None
+        ``"cpu"`` (the kernels run in Triton's interpreter: needs ``TRITON_INTERPRET=1``) or a
+        CUDA device; None takes ``"cpu"`` when ``TRITON_INTERPRET=1`` is set, else ``"cuda"``.
+    name : str
+        The name in reports.
+    chunk_size : int
+        Chunk length C, a power of two >= 16.
+
+    Examples
+    --------
+    >>> b = TritonBackend()  # needs TRITON_INTERPRET=1 or a CUDA device on first use
+    >>> b.name, b.chunk_size
+    ('triton', 64)
+    """
+
+    def __init__(self, device: str | None = None, *, name: str = "triton",
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"`chunk_size` must be a power of two >= 16; got {chunk_size!r}")
+        if device is None:
+            device = "cpu" if interpreting() else "cuda"
+        super().__init__(device, name=name, chunk_size=chunk_size)
+
+    def __repr__(self) -> str:
+        return f"TritonBackend({self.device!r}, name={self.name!r}, chunk_size={self.chunk_size})"
+
+    def _ready(self) -> None:
+        self._form()
+
+    def _form(self) -> Callable[..., Any]:
+        """The kernels' `Form`, once Triton and a place to run them are found; else a
+        `RuntimeError` that says what is missing."""
+        if importlib.util.find_spec("triton") is None:
+            raise RuntimeError(f"backend {self.name!r} needs Triton: pip install "
+                               "'zeros-attention-spec[triton]'")
+        if self._cuda and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"backend {self.name!r} runs its kernels on a CUDA device, but "
+                "torch.cuda.is_available() is False; to run them on CPU tensors in Triton's "
+                "interpreter, set TRITON_INTERPRET=1 before starting Python")
+        from . import autograd, chunk  # triton.jit decides here, once, whether to interpret
+
+        if not self._cuda and not (chunk.INTERPRETED and interpreting()):
+            raise RuntimeError(f"backend {self.name!r} on the CPU needs Triton's interpreter: "
+                               "set TRITON_INTERPRET=1 before starting Python (and keep it)")
+        if self._cuda and chunk.INTERPRETED:
+            raise RuntimeError(f"backend {self.name!r} on {self.device!r}: the kernels were "
+                               "defined for Triton's interpreter (TRITON_INTERPRET=1 when "
+                               "they were imported), which runs them on CPU tensors")
+        return autograd.form
+
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
+        first: Any = 1.0,
+        higher: Any = 1.0,
+        zero: Any = 0.0,
+        causal: bool = True,
+        state: zeros_ref.State | None = None,
+        return_state: bool = False,
+    ) -> Any:
+        """ZeroS attention on tensors: `zeros_ref.attention`, the causal chunks of float16,
+        bfloat16 and float32 calls computed by the Triton kernels.
+
+        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8);
+        the result is differentiable in every tensor argument (ZS-GRAD).
+        """
+        inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
+                                       zero=zero, causal=causal, state=state,
+                                       return_state=return_state)
+        form = None
+        if causal and inp.compute_dtype == torch.float32:
+            kernels = self._form()
+            if inp.q.device.type != torch.device(self.device).type:
+                raise ValueError(f"`q` must be on the backend's device {self.device!r}; got "
+                                 f"{inp.q.device}")
+            # TF32 products for half inputs: their own rounding is coarser (see chunk.forward).
+            precision = "ieee" if inp.dtype == torch.float32 else "tf32"
+            form = functools.partial(kernels, precision=precision)
+        out, end = torch_chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
+                                           return_state=return_state, form=form)
+        return (out, end) if return_state else out
+
+
+backend = TritonBackend()
+"""Entry point ``triton``: CPU tensors in Triton's interpreter when ``TRITON_INTERPRET=1``,
+else CUDA tensors."""
