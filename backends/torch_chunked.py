@@ -41,9 +41,12 @@ from .torch_slab import Chunks, Sums, broken, directions, peak, slab
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "peak", "slabs"]
 
 SLAB = 32
-"""Chunks computed together: one step of the loop over the sequence."""
+"""Chunks computed together, one step of the loop over the sequence, unless `attention` is
+given another number (the torch backend's choice per device: small enough for a CPU's
+caches, large enough for few launches on a GPU)."""
 SLAB_TRAINING = 16
-"""The same when gradients are recorded: each slab is a checkpoint, recomputed in backward."""
+"""At most this many when gradients are recorded: each slab is a checkpoint, recomputed in
+backward."""
 
 
 Form = Callable[[Chunks, Sums], tuple[torch.Tensor, Sums]]
@@ -68,7 +71,8 @@ def _prefix_sum(x: torch.Tensor, chunk: int) -> torch.Tensor:
     return (within + before.unsqueeze(2)).reshape(x.shape)
 
 
-def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> torch.Tensor:
+def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int,
+                    slab_size: int) -> torch.Tensor:
     """ZS-LOG-DEFAULT for (R, N, D) keys (N a multiple of `chunk` when causal):
     ``-<k_t, kbar_t> / sqrt(D)``, with ``sum_{i<=t} k_i`` taken in two levels (within the
     chunk, then the chunks before), so that rounding grows with C + N/C terms; a slab of
@@ -79,7 +83,7 @@ def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> 
         return -(k * kbar).sum(dim=-1) / math.sqrt(d)
     ones = torch.ones(chunk, chunk, dtype=k.dtype, device=k.device).tril_()
     key_sum, dots = state.key_sum, []
-    for part in torch.split(k.reshape(rows, n // chunk, chunk, d), SLAB, dim=1):
+    for part in torch.split(k.reshape(rows, n // chunk, chunk, d), slab_size, dim=1):
         within = ones @ part  # (R, S, C, D): sums within each chunk (faster than cumsum)
         totals = within[:, :, -1]
         before = key_sum[:, None] + torch.cumsum(totals, dim=1) - totals  # (R, S, D)
@@ -90,11 +94,13 @@ def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int) -> 
 
 
 def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_state: bool,
-              form: Form | None = None) -> tuple[torch.Tensor, State | None]:
+              form: Form | None = None,
+              slab_size: int = SLAB) -> tuple[torch.Tensor, State | None]:
     """Outputs (*B, N, Dv) in the input dtype, and the state after them if `return_state`.
 
     `inp` and `state` are those of `zeros_ref.kernel.check_call` (validated, broadcast, in
-    the compute dtype). `form` computes the causal chunks; everything around it (frames,
+    the compute dtype), `chunk` the chunk length C and `slab_size` the chunks of a slab.
+    `form` computes the causal chunks; everything around it (frames,
     default logits, non-finite values, the state) is this module's. Without a form, the
     chunks are computed by `slab`, a slab of chunks at a time, with the unit directions taken
     inside each slab (the same as `slabs`, whose inputs are taken for the whole call first).
@@ -118,13 +124,13 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     # vectors in `directions`, a slab at a time) and the rows they reach set to NaN.
     q, k, v = flat(inp.q, d), flat(inp.k, d), flat(inp.v, dv)
     g1, gh, g0 = (flat(g) for g in (inp.first, inp.higher, inp.zero))
-    s_given = _default_logits(k, st, causal, chunk) if inp.logits is None else flat(
+    s_given = _default_logits(k, st, causal, chunk, slab_size) if inp.logits is None else flat(
         inp.logits)
     s, bad_s = _finite(s_given)
     bad_gate = ~(torch.isfinite(g1) & torch.isfinite(gh) & torch.isfinite(g0))  # (R, L)
     if causal:
         out, end = _causal(st, (q, k, v), s, (bad_gate, bad_s), (g1, gh, g0), n, chunk,
-                           return_state, form)
+                           return_state, form, slab_size)
     else:
         peaks = peak(q), peak(k), peak(v)  # (R, L) each
         qh, kh, v = _recomputed(directions, q, k, v, *peaks)
@@ -179,8 +185,8 @@ def _bidirectional(qh: torch.Tensor, kh: torch.Tensor, v: torch.Tensor, s: torch
 
 def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
             bad: tuple[torch.Tensor, ...], gates: tuple[torch.Tensor, ...], n: int,
-            chunk: int, return_state: bool,
-            form: Form | None) -> tuple[torch.Tensor, State | None]:
+            chunk: int, return_state: bool, form: Form | None,
+            slab_size: int) -> tuple[torch.Tensor, State | None]:
     """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`. Shapes: the
     raw vectors q, k (R, L, D) and v (R, L, Dv); s, the gates and `bad` (rows whose gates,
     keys whose logits are not finite) (R, L); L = nc C >= n real tokens. Returns (R, L, Dv)
@@ -223,7 +229,8 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
                     *(per_chunk(g) for g in gates), m_prev, m_end)
     sums = Sums(f0, st.normaliser, g0_ref, h0)
     if form is None:
-        out, last, seen = _slabs(chunks, sums, tuple(per_chunk(x) for x in bad))
+        out, last, seen = _slabs(chunks, sums, tuple(per_chunk(x) for x in bad),
+                                 slab_size)
         out = out.reshape(rows, length, dv)
     else:
         out, last = form(chunks, sums)
@@ -241,17 +248,17 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
 def slabs(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
     """The `Form` of this module: a slab of `SLAB` chunks at a time (`SLAB_TRAINING`, each
     checkpointed, when autograd records), every chunk of a slab at once (`slab`)."""
-    out, sums, _ = _slabs(chunks, sums, None)
+    out, sums, _ = _slabs(chunks, sums, None, SLAB)
     return out, sums
 
 
-def _slabs(chunks: Chunks, sums: Sums, bad: tuple[torch.Tensor, ...] | None
-           ) -> tuple[torch.Tensor, Sums, torch.Tensor | None]:
-    """`slabs`; on raw vectors if `bad` gives the rows whose gates and the keys whose logits
-    are not finite, (R, nc, C) each (see `slab`), also returning the rows (R,) whose state
-    has met a non-finite key, value or logit."""
+def _slabs(chunks: Chunks, sums: Sums, bad: tuple[torch.Tensor, ...] | None,
+           slab_size: int) -> tuple[torch.Tensor, Sums, torch.Tensor | None]:
+    """`slabs` with `slab_size` chunks a step; on raw vectors if `bad` gives the rows whose gates
+    and the keys whose logits are not finite, (R, nc, C) each (see `slab`), also returning
+    the rows (R,) whose state has met a non-finite key, value or logit."""
     recording = _recording(*chunks[1:])
-    size = SLAB_TRAINING if recording else SLAB
+    size = min(slab_size, SLAB_TRAINING) if recording else slab_size
     # Split once (its backward joins the gradients of all slabs in one tensor), not sliced per
     # slab (each slice's backward would allocate a whole-sized gradient).
     pieces = zip(torch.split(chunks.t, size), *(torch.split(x, size, dim=1) for x in chunks[1:]))
