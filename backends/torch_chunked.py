@@ -11,15 +11,19 @@ operations and no data-dependent branches:
 - **Scans.** The first-order sum is kept relative to s_ref, a logit every row of the call sees
   (the first one, or the state's running max), which makes G' and H plain cumulative sums over
   the chunk updates. Only F and E decay, ``S_c = exp(M_{c-1} - M_c) S_{c-1} + U_c``. The
-  chunks are taken a slab of `SLAB` (`SLAB_TRAINING` with autograd) at a time: inside a slab
-  every chunk at once (a decay matrix with exponents <= 0 for F and E), between slabs a
-  carry, so the work is linear in N and a call dispatches a few dozen operations per slab.
-  With autograd each slab is checkpointed: its intermediates are recomputed in the backward
-  pass instead of kept.
-- **Non-finite values** (ZS-ERR-NONFINITE, -V). Inputs are replaced by zeros where they are
-  not finite, the form runs on finite numbers, and the rows a non-finite value reaches (its
-  own row for q and the gates, every later row for k, v and the logits) are set to NaN at the
-  end, as is a returned state: `where` selections, never a branch on tensor data.
+  chunks are taken a slab at a time (`torch_slab.slab`; `slab_size` chunks, at most
+  `SLAB_TRAINING` with autograd): inside a slab every chunk at once (a decay matrix with
+  exponents <= 0 for F and E), between slabs a carry, so the work is linear in N and a call
+  dispatches a few hundred operations per slab, most of them views. With autograd each slab
+  is checkpointed: its intermediates are recomputed in the backward pass instead of kept.
+- **Memory traffic.** Each slab reads its raw vectors once and takes their peaks, unit
+  directions and non-finite screening itself, so that a call's temporaries are a slab's
+  (a few MiB, in the caches) rather than whole copies of q, k and v.
+- **Non-finite values** (ZS-ERR-NONFINITE, -V). Vectors and logits that are not finite are
+  replaced by zeros, the form runs on finite numbers, and the rows a non-finite value reaches
+  (its own row for q and the gates, every later row for k, v and the logits, a flag carried
+  from slab to slab) are set to NaN, as is a returned state: `where` selections and masks,
+  never a branch on tensor data.
 
 Shapes: R rows (the flattened leading axes), N tokens padded to nc chunks of C, D and Dv.
 """

@@ -35,6 +35,7 @@ def test_rehearsal_on_the_cpu_runs_every_part(tmp_path) -> None:
     assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--budget", "120"]) == 0
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["conformance"]["torch"]["status"] == "conforms"
+    assert report["settings"]["torch"] == {"chunk_size": 64, "slab_size": 16}
     assert (tmp_path / "conformance-torch.json").exists()
     timed = {(r["name"], r["n"], r["backward"]) for r in report["bench"] if r["seconds"]}
     assert timed == {(name, n, backward) for name in ("torch", "sdpa") for n in (128, 256)

@@ -445,7 +445,7 @@ def test_bench_times_the_torch_backend(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert report["backend"] == "torch" and report["softmax"].startswith("torch")
     assert all(row["backend"]["min"] > 0 for row in report["configs"]["quick"])
-    assert report["chunk_size"] == backend.chunk_size
+    assert (report["chunk_size"], report["slab_size"]) == (backend.chunk_size, backend.slab_size)
     for row in report["configs"]["quick"]:  # GPU-readiness, counted on CPU tensors
         assert row["dispatch"]["syncs"] == 0 and 50 < row["dispatch"]["ops"] < 2000
         # forward + backward: at least the gradients of q, k, v and the logits are allocated

@@ -28,7 +28,8 @@ def run(backend: Any, configs: Mapping[str, Config], *, softmax_kind: str = "aut
     softmax_name, make_softmax = softmax(softmax_kind, device)
     report: dict[str, Any] = {"backend": getattr(backend, "name", "backend"),
                               "machine": machine(backend), "softmax": softmax_name,
-                              "chunk_size": chunk_size(backend), "configs": {}}
+                              "chunk_size": chunk_size(backend),
+                              "slab_size": getattr(backend, "slab_size", None), "configs": {}}
     log(machine_line(report["machine"]))
     report["gemm_flops"] = gemm_rate(1024 if "quick" in configs else 4096, device=device)
     measured: dict[Shape, dict] = {}  # a shape in two configurations is timed once

@@ -276,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"conformance of {name} (quick profile, at most {share:.0f} s) ...")
             report["conformance"][name] = result = conformance(name, args.out, share, grid.only)
             print(f"  {result['status']} in {result['seconds']:.0f} s")
+        report["settings"] = _settings(grid.backends)
         print("timings ...")
         deadline = start + args.budget - 20.0
         report["bench"], report["skipped_candidates"] = bench(grid, deadline, print)
@@ -285,6 +286,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path} in {report['seconds']:.0f} s")
     return 0
+
+
+def _settings(names: Sequence[str]) -> dict[str, dict]:
+    """The chunk length and chunks per slab each backend runs with (to tune them on a GPU)."""
+    settings = {}
+    for name in names:
+        try:
+            backend = registry.load(name)
+        except Exception as error:  # reported again, with the timings
+            settings[name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
+        settings[name] = {key: getattr(backend, key, None) for key in ("chunk_size", "slab_size")}
+    return settings
 
 
 def _cuda() -> str | None:
