@@ -177,15 +177,17 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor, poly:
     (B, D, Dv); gh_before (B, D, 2Dv) = [G', H].
     """
     chunk, dv = qc.shape[1], vc.shape[-1]
-    index = torch.arange(chunk, device=s.device)
-    hidden = index[None, :] > index[:, None]  # (C, C): key i after row t
     cos = torch.bmm(qc, keys).tril_()  # (B, C, C), zero above the diagonal
     # exp(s_i - m_t) <= 1 for i <= t. Exponents below log(tiny) + 1 are raised to it (the
     # weight changes by less than 3 times the smallest normal number, against E_t >= 1), and
-    # so are those above the diagonal, which meet a zero cosine: exp then never makes a
-    # subnormal number or reads -inf, both of which are a hundred times slower on a CPU.
+    # so are those above the diagonal (clamped to [floor, floor]), which meet a zero cosine:
+    # exp then never makes a subnormal number or reads -inf, both of which are a hundred
+    # times slower on a CPU.
     floor = math.log(torch.finfo(s.dtype).tiny) + 1.0
-    gap = (s[:, None, :] - m_row[..., None]).clamp_(min=floor).masked_fill_(hidden, floor)
+    index = torch.arange(chunk, device=s.device)
+    lowest = torch.full((chunk, chunk), floor, dtype=s.dtype, device=s.device)
+    highest = lowest.where(index[None, :] > index[:, None], 0.0)  # (C, C)
+    gap = (s[:, None, :] - m_row[..., None]).clamp_(min=lowest, max=highest)
     e = torch.exp(gap)
     a = gh / (decay * e_before[:, None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
     b = (g1 - gh) / tc
