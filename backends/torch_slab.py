@@ -146,8 +146,8 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * e0
     gh_last = (start_gh[:, 0] + update_gh.sum(dim=1)).reshape(rows, d, 2 * dv)
     per_row = (x.expand(rows, count, chunk).reshape(-1, chunk)
-               for x in (tc, s, m_row, decay, mean_c, g1, gh, g0))
-    out = _chunk_outputs(q3, keys, v3, poly, *per_row, e_before.reshape(-1),
+               for x in (tc, s, rel, m_row, decay, mean_c, g1, gh, g0))
+    out = _chunk_outputs(q3, keys, v3, *per_row, e_before.reshape(-1),
                          f_before.view(-1, d, dv), gh_before.view(-1, d, 2 * dv))
     out = out.view(rows, count, chunk, dv)
     if screen is not None:
@@ -156,8 +156,8 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     return out, after, seen
 
 
-def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor, poly: torch.Tensor,
-                   tc: torch.Tensor, s: torch.Tensor, m_row: torch.Tensor,
+def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
+                   tc: torch.Tensor, s: torch.Tensor, rel: torch.Tensor, m_row: torch.Tensor,
                    decay: torch.Tensor, mean_c: torch.Tensor, g1: torch.Tensor,
                    gh: torch.Tensor, g0: torch.Tensor, e_before: torch.Tensor,
                    f_before: torch.Tensor, gh_before: torch.Tensor) -> torch.Tensor:
@@ -167,14 +167,12 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor, poly:
     i <= t, with a_t = gh_t / E_t and E_t the carried normaliser (moved to row t's frame by
     `decay`) plus the chunk's own exponentials. With the chunks before (F, G', H) the output is
 
-        a_t (sum_i cos exp(s_i - m_t) v_i + decay_t qh_t F)
-        + b_t (sum_i cos (s_i - s_ref) v_i + qh_t G')
-        + (c_t - b_t (sbar_t - s_ref)) (sum_i cos v_i + qh_t H),
+        sum_i W[t, i] v_i + a_t decay_t qh_t F + b_t qh_t G' + (c_t - b_t (sbar_t - s_ref)) qh_t H,
 
-    three products with the chunk's C x C matrices and three with the sums. Shapes: qc
-    (B, C, D); keys (B, D, C); vc (B, C, Dv); poly (B, C, 2Dv) = [(s - s_ref) v, v]; the
-    counts tc, s, m_row, decay, mean_c and the gates (B, C); e_before (B,); f_before
-    (B, D, Dv); gh_before (B, D, 2Dv) = [G', H].
+    with W written as cos (a_t exp(s_i - m_t) + b_t (s_i - s_ref) + c_t - b_t (sbar_t - s_ref)):
+    two products with the chunk's C x C matrices and two with the sums. Shapes: qc (B, C, D);
+    keys (B, D, C); vc (B, C, Dv); the counts tc, s, rel = s - s_ref, m_row, decay, mean_c and
+    the gates (B, C); e_before (B,); f_before (B, D, Dv); gh_before (B, D, 2Dv) = [G', H].
     """
     chunk, dv = qc.shape[1], vc.shape[-1]
     cos = torch.bmm(qc, keys).tril_()  # (B, C, C), zero above the diagonal
@@ -192,8 +190,9 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor, poly:
     a = gh / (decay * e_before[:, None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
     b = (g1 - gh) / tc
     c = (g0 - gh) / tc - b * mean_c
-    first = torch.bmm(cos * e, vc).baddbmm_(decay[..., None] * qc, f_before)
-    rest = torch.bmm(cos, poly).baddbmm_(qc, gh_before)
-    out = first.mul_(a[..., None])
-    out.addcmul_(b[..., None], rest[..., :dv])
-    return out.addcmul_(c[..., None], rest[..., dv:])
+    weights = torch.addcmul(c[..., None], a[..., None], e)  # (B, C, C): a e + c
+    weights = weights.addcmul_(b[..., None], rel[:, None, :]).mul_(cos)  # + b rel, times cos
+    out = torch.bmm(weights, vc).baddbmm_((a * decay)[..., None] * qc, f_before)
+    before = torch.bmm(qc, gh_before)  # (B, C, 2Dv): [qh G', qh H]
+    out.addcmul_(b[..., None], before[..., :dv])
+    return out.addcmul_(c[..., None], before[..., dv:])
