@@ -147,8 +147,14 @@ class TorchBackend:
                                        zero=zero, causal=causal, state=state,
                                        return_state=return_state)
         out, end = torch_chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
-                                           slab_size=self.slab_size, return_state=return_state)
+                                           slab_size=self.slab_size, return_state=return_state,
+                                           form=self._chunk_form(inp, causal))
         return (out, end) if return_state else out
+
+    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> torch_chunked.Form | None:
+        """The form that computes this call's causal chunks: None, `torch_chunked`'s own (a
+        subclass with kernels of its own returns theirs)."""
+        return None
 
     def layer(
         self,

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-import zeros_ref
 from zeros_backends import torch_chunked
 from zeros_backends.torch_backend import TorchBackend
 from zeros_ref import kernel
@@ -111,41 +110,18 @@ class TritonBackend(TorchBackend):
                                "they were imported), which runs them on CPU tensors")
         return autograd.form
 
-    def attention(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        logits: torch.Tensor | None = None,
-        first: Any = 1.0,
-        higher: Any = 1.0,
-        zero: Any = 0.0,
-        causal: bool = True,
-        state: zeros_ref.State | None = None,
-        return_state: bool = False,
-    ) -> Any:
-        """ZeroS attention on tensors: `zeros_ref.attention`, the causal chunks of float16,
-        bfloat16 and float32 calls computed by the Triton kernels.
-
-        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8);
-        the result is differentiable in every tensor argument (ZS-GRAD).
-        """
-        inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
-                                       zero=zero, causal=causal, state=state,
-                                       return_state=return_state)
-        form = None
-        if causal and inp.compute_dtype == torch.float32:
-            kernels = self._form()
-            if inp.q.device.type != torch.device(self.device).type:
-                raise ValueError(f"`q` must be on the backend's device {self.device!r}; got "
-                                 f"{inp.q.device}")
-            # TF32 products for half inputs: their own rounding is coarser (see chunk.forward).
-            precision = "ieee" if inp.dtype == torch.float32 else "tf32"
-            form = functools.partial(kernels, precision=precision)
-        out, end = torch_chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
-                                           return_state=return_state, form=form)
-        return (out, end) if return_state else out
+    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> torch_chunked.Form | None:
+        """The kernels for the causal chunks of float16, bfloat16 and float32 calls (computed
+        in float32); None (the torch form) for float64 and bidirectional calls."""
+        if not causal or inp.compute_dtype != torch.float32:
+            return None
+        kernels = self._form()
+        if inp.q.device.type != torch.device(self.device).type:
+            raise ValueError(f"`q` must be on the backend's device {self.device!r}; got "
+                             f"{inp.q.device}")
+        # TF32 products for half inputs: their own rounding is coarser (see chunk.forward).
+        precision = "ieee" if inp.dtype == torch.float32 else "tf32"
+        return functools.partial(kernels, precision=precision)
 
 
 backend = TritonBackend()
