@@ -268,13 +268,18 @@ def _slabs(chunks: Chunks, sums: Sums, bad: tuple[torch.Tensor, ...] | None,
     pieces = zip(torch.split(chunks.t, size), *(torch.split(x, size, dim=1) for x in chunks[1:]))
     parts = zip(*(torch.split(x, size, dim=1) for x in bad)) if bad else repeat(None)
     seen = chunks.s.new_zeros(chunks.s.shape[0], dtype=torch.bool) if bad else None
-    outputs = []
+    rows, nc, chunk, _ = chunks.v.shape
+    out = chunks.v.new_empty((rows, nc, chunk, chunks.v.shape[-1]))
+    # Each slab's output is copied into place at once, so that its buffer is reused by the
+    # next slab rather than kept until the end (fresh memory costs page faults).
+    start = 0
     for piece, part in zip(pieces, parts):
         args = (Chunks(*piece), sums, None if part is None else (*part, seen))
         if recording:  # recomputed in backward: only the slab's inputs are kept
-            out, sums, seen = torch.utils.checkpoint.checkpoint(slab, *args,
-                                                                use_reentrant=False)
+            piece_out, sums, seen = torch.utils.checkpoint.checkpoint(slab, *args,
+                                                                      use_reentrant=False)
         else:
-            out, sums, seen = slab(*args)
-        outputs.append(out)
-    return torch.cat(outputs, dim=1), sums, seen
+            piece_out, sums, seen = slab(*args)
+        out[:, start:start + piece_out.shape[1]] = piece_out
+        start += piece_out.shape[1]
+    return out, sums, seen
