@@ -152,3 +152,17 @@ def test_blocked_softmax_bidirectional(rng) -> None:
     expected = (p / p.sum(axis=-1, keepdims=True)) @ v
     np.testing.assert_allclose(bench.blocked_softmax(q, k, v, block=16, causal=False), expected,
                                rtol=1e-12)
+
+
+def test_versus_alternates_backends_and_prints_ratios(capsys) -> None:
+    """`python -m zeros_bench.versus`: every backend is timed in every round, and the printed
+    ratios are to the last backend named."""
+    from zeros_bench import versus
+
+    times = versus.compare(["reference", "numpy"], [64, 128], [2, 3], bh=2, d=8)
+    assert {n: {name: len(t) for name, t in by.items()} for n, by in times.items()} == {
+        64: {"reference": 2, "numpy": 2}, 128: {"reference": 3, "numpy": 3}}
+    assert versus.main(["reference", "numpy", "--n", "64", "128", "--repeats", "2",
+                        "--bh", "2", "--d", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "x1.00 (1.00)" in out and "time(128)/time(64): reference" in out
