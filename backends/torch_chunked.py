@@ -143,12 +143,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         poison = bad_gate | broken(peaks[0]) | bad_key.any(dim=1, keepdim=True)
         out = torch.where(poison[..., None], math.nan, out)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
-    if end is None:
-        return out, None
-    end = State(length=st.length + n, running_max=end.running_max,
-                mean_offset=end.mean_offset, normaliser=end.normaliser, kv=end.kv,
-                key_sum=st.key_sum + k.sum(dim=1))
-    return out, end.with_batch(torch, batch)
+    return out, (None if end is None else end.with_batch(torch, batch))
 
 
 def _spoil(x: torch.Tensor, spoilt: torch.Tensor) -> torch.Tensor:
@@ -195,9 +190,9 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
     raw vectors q, k (R, L, D) and v (R, L, Dv); s, the gates and `bad` (rows whose gates,
     keys whose logits are not finite) (R, L); L = nc C >= n real tokens. Returns (R, L, Dv)
     with NaN where a non-finite input reaches, and the state (rows R, NaN after a non-finite
-    key, value or logit; the caller sets its length and key sum)."""
+    key, value or logit)."""
     rows, length, _ = vectors[0].shape
-    v = vectors[2]
+    keys, v = vectors[1], vectors[2]  # the raw keys, for the state's key sum
     dv, nc = v.shape[-1], length // chunk
     valid = torch.arange(length, device=s.device) < n  # (L,) real tokens, not padding
     s_ref = st.running_max if st.length else s[:, 0]  # a logit every row of the call sees
@@ -243,9 +238,10 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
         return out, None
     m_last, mean_last = m_end[:, -1], mean_rel[:, n - 1]  # sbar - s_ref after the last token
     kv = torch.stack([last.f, last.g - mean_last[:, None, None] * last.h, last.h], dim=1)
-    end = State(length=st.length, running_max=_spoil(m_last, seen),
+    end = State(length=st.length + n, running_max=_spoil(m_last, seen),
                 mean_offset=_spoil(mean_last + s_ref - m_last, seen),
-                normaliser=_spoil(last.e, seen), kv=_spoil(kv, seen), key_sum=st.key_sum)
+                normaliser=_spoil(last.e, seen), kv=_spoil(kv, seen),
+                key_sum=st.key_sum + keys.sum(dim=1))
     return out, end
 
 
