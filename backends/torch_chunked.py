@@ -137,7 +137,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
                            return_state, form, slab_size)
     else:
         peaks = peak(q), peak(k), peak(v)  # (R, L) each
-        qh, kh, v = _recomputed(directions, q, k, v, *peaks)
+        qh, kh, v = _recomputed(directions, q, k, v, *peaks[:2])
         out, end = _bidirectional(qh, kh, v, s, (g1, gh, g0), n), None
         bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad_s
         poison = bad_gate | broken(peaks[0]) | bad_key.any(dim=1, keepdim=True)
@@ -221,7 +221,7 @@ def _causal(st: State, vectors: tuple[torch.Tensor, ...], s: torch.Tensor,
         bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad[1]
         poison = (bad[0] | broken(peaks[0])
                   | (torch.cumsum(bad_key.to(torch.int32), dim=1) > 0))
-        vectors, seen = _recomputed(directions, *vectors, *peaks), bad_key.any(dim=1)
+        vectors, seen = _recomputed(directions, *vectors, *peaks[:2]), bad_key.any(dim=1)
     q, k, v = (per_chunk(x, x.shape[-1]) for x in vectors)
     chunks = Chunks(t.reshape(nc, chunk), q, k, v, per_chunk(s), per_chunk(rel), w, m_row,
                     torch.exp(m_prev[..., None] - m_row), per_chunk(mean_rel),

@@ -66,27 +66,30 @@ def broken(peak: torch.Tensor) -> torch.Tensor:
 
 
 def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
-               k_peak: torch.Tensor, v_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
+               k_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Unit directions of q and k and the values, from raw vectors (..., D) / (..., Dv) and
-    their largest magnitudes (...,) (`torch_chunked.peak`).
+    the largest magnitudes (...,) of q and k (`peak`).
 
-    Keys and values that hold a non-finite entry become zero vectors (they reach later rows
-    through sums, which the caller sets to NaN instead); a non-finite query stays (it reaches
-    its own row only). Each vector is divided by its largest magnitude before its norm is
-    taken, so the direction is exact for any finite scale.
+    Keys that hold a non-finite entry become zero vectors, and so do the non-finite entries
+    of the values (keys and values reach later rows through sums, which the caller sets to
+    NaN instead); a non-finite query stays (it reaches its own row only). Each vector is
+    divided by its largest magnitude before its norm is taken, so the direction is exact for
+    any finite scale.
     """
-    bad_k = broken(k_peak)
-    k = torch.where(bad_k[..., None], 0.0, k)
-    v = torch.where(broken(v_peak)[..., None], 0.0, v)
-    return _unit(q, q_peak), _unit(k, torch.where(bad_k, 0.0, k_peak)), v
+    return _unit(q, q_peak), _unit(k, k_peak, clean=True), torch.nan_to_num(v, 0.0, 0.0, 0.0)
 
 
-def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
-    """Unit vectors along the last axis, zero for zero vectors."""
-    y = x / torch.where(peak > 0, peak, 1.0)[..., None]
+def _unit(x: torch.Tensor, peak: torch.Tensor, *, clean: bool = False) -> torch.Tensor:
+    """Unit vectors along the last axis, zero for zero vectors, and with `clean` for vectors
+    holding a non-finite value (their peak is NaN or inf: x / peak is NaN or 0 throughout).
+    Zeros and NaN are written in place, never selected with a broadcast mask (on a CPU such a
+    selection costs six multiplications)."""
+    y = x / torch.where(peak == 0, 1.0, peak)[..., None]
+    recording = torch.is_grad_enabled() and x.requires_grad
+    if clean:
+        y = y.nan_to_num(0.0, 0.0, 0.0) if recording else y.nan_to_num_(0.0, 0.0, 0.0)
     norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     norm = torch.where(norm > 0, norm, 1.0)
-    recording = torch.is_grad_enabled() and x.requires_grad
     return y / norm if recording else y.div_(norm)
 
 
@@ -107,7 +110,7 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     NaN, and returns the rows that have met one by its end (else None).
     """
     (tc, qc, kc, vc, s, rel, w, m_row, decay, mean_c, g1, gh, g0, m_prev, m_end) = chunks
-    f0, e0, gref0, h0 = sums
+    f0, e0, g_start, h_start = sums
     if screen is None:  # one contiguous copy: the products below then make no hidden ones
         qc, kc, vc = qc.contiguous(), kc.contiguous(), vc.contiguous()
         seen = None
@@ -117,17 +120,18 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
         bad_key = broken(torch.maximum(peaks[1], peaks[2])) | bad_s  # maximum keeps NaN
         reached = (torch.cumsum(bad_key.flatten(1).to(torch.int32), dim=1) > 0).reshape(
             bad_key.shape) | seen[:, None, None]
-        poison = reached | bad_gate | broken(peaks[0])
+        # A NaN zero gate makes c_t NaN, and with it the whole output row (`_chunk_outputs`).
+        g0 = torch.where(reached | bad_gate | broken(peaks[0]), math.nan, g0)
         seen = reached[:, -1, -1]
-        qc, kc, vc = directions(qc, kc, vc, *peaks)
+        qc, kc, vc = directions(qc, kc, vc, peaks[0], peaks[1])
     rows, count, chunk, d = kc.shape
     dv = vc.shape[-1]
     # Every chunk of the slab in one batch of B = R S matrices, views of contiguous memory.
     q3, k3, v3 = (x.reshape(rows * count, chunk, x.shape[-1]) for x in (qc, kc, vc))
     keys = k3.transpose(1, 2)  # (B, D, C)
-    poly = torch.cat([rel.reshape(-1, chunk, 1) * v3, v3], dim=-1)  # (B, C, 2Dv): [rel v, v]
-    update_f = torch.bmm(keys, w.reshape(-1, chunk, 1) * v3).view(rows, count, d * dv)
-    update_gh = torch.bmm(keys, poly).view(rows, count, d * 2 * dv)  # G' and H side by side
+    update_f, update_g, update_h = (torch.bmm(keys, x[..., None] * v3 if x is not None else v3)
+                                    .view(rows, count, d * dv)
+                                    for x in (w.reshape(-1, chunk), rel.reshape(-1, chunk), None))
     index = torch.arange(count, device=w.device)
     strict = index[None, :] < index[:, None]  # (S, S): chunk j feeds chunk c > j
     gaps = torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
@@ -137,30 +141,30 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     f_before = torch.bmm(decays, update_f).addcmul_(moved[..., None],
                                                     f0.reshape(rows, 1, d * dv))
     e_before = torch.bmm(decays, w_sum[..., None])[..., 0] + moved * e0[:, None]
-    start_gh = torch.cat([gref0, h0], dim=-1).reshape(rows, 1, d * 2 * dv)
-    gh_before = torch.bmm(strict.to(w.dtype).expand(rows, -1, -1), update_gh).add_(start_gh)
+    ones = strict.to(w.dtype).expand(rows, -1, -1)
+    g_before, h_before = (torch.bmm(ones, x).add_(start.reshape(rows, 1, d * dv))
+                          for x, start in ((update_g, g_start), (update_h, h_start)))
     # The sums after the slab, in the frame of its last chunk, M_{S-1}.
     last = torch.exp(m_end - m_end[:, -1:])[:, None, :]  # (R, 1, S)
     move_last = torch.exp(m_prev[:, 0] - m_end[:, -1])  # (R,)
     f_last = torch.bmm(last, update_f)[:, 0] + move_last[:, None] * f0.reshape(rows, d * dv)
     e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * e0
-    gh_last = (start_gh[:, 0] + update_gh.sum(dim=1)).reshape(rows, d, 2 * dv)
+    g_last, h_last = (start + x.sum(dim=1).view(rows, d, dv)
+                      for x, start in ((update_g, g_start), (update_h, h_start)))
     per_row = (x.expand(rows, count, chunk).reshape(-1, chunk)
                for x in (tc, s, rel, m_row, decay, mean_c, g1, gh, g0))
     out = _chunk_outputs(q3, keys, v3, *per_row, e_before.reshape(-1),
-                         f_before.view(-1, d, dv), gh_before.view(-1, d, 2 * dv))
-    out = out.view(rows, count, chunk, dv)
-    if screen is not None:
-        out = out.masked_fill_(poison[..., None], math.nan)
-    after = Sums(f_last.reshape(rows, d, dv), e_last, gh_last[..., :dv], gh_last[..., dv:])
-    return out, after, seen
+                         *(x.view(-1, d, dv) for x in (f_before, g_before, h_before)))
+    after = Sums(f_last.reshape(rows, d, dv), e_last, g_last, h_last)
+    return out.view(rows, count, chunk, dv), after, seen
 
 
 def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
                    tc: torch.Tensor, s: torch.Tensor, rel: torch.Tensor, m_row: torch.Tensor,
                    decay: torch.Tensor, mean_c: torch.Tensor, g1: torch.Tensor,
                    gh: torch.Tensor, g0: torch.Tensor, e_before: torch.Tensor,
-                   f_before: torch.Tensor, gh_before: torch.Tensor) -> torch.Tensor:
+                   f_before: torch.Tensor, g_before: torch.Tensor,
+                   h_before: torch.Tensor) -> torch.Tensor:
     """Steps 2-5 of a batch of B chunks: outputs (B, C, Dv).
 
     Within the chunk, W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for
@@ -170,11 +174,12 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
         sum_i W[t, i] v_i + a_t decay_t qh_t F + b_t qh_t G' + (c_t - b_t (sbar_t - s_ref)) qh_t H,
 
     with W written as cos (a_t exp(s_i - m_t) + b_t (s_i - s_ref) + c_t - b_t (sbar_t - s_ref)):
-    two products with the chunk's C x C matrices and two with the sums. Shapes: qc (B, C, D);
-    keys (B, D, C); vc (B, C, Dv); the counts tc, s, rel = s - s_ref, m_row, decay, mean_c and
-    the gates (B, C); e_before (B,); f_before (B, D, Dv); gh_before (B, D, 2Dv) = [G', H].
+    one product with the chunk's C x C matrix and three with the sums. A NaN gate makes its
+    row NaN throughout. Shapes: qc (B, C, D); keys (B, D, C); vc (B, C, Dv); the counts tc,
+    s, rel = s - s_ref, m_row, decay, mean_c and the gates (B, C); e_before (B,); f_before,
+    g_before (G') and h_before (B, D, Dv).
     """
-    chunk, dv = qc.shape[1], vc.shape[-1]
+    chunk = qc.shape[1]
     cos = torch.bmm(qc, keys).tril_()  # (B, C, C), zero above the diagonal
     # exp(s_i - m_t) <= 1 for i <= t. Exponents below log(tiny) + 1 are raised to it (the
     # weight changes by less than 3 times the smallest normal number, against E_t >= 1), and
@@ -192,7 +197,7 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
     c = (g0 - gh) / tc - b * mean_c
     weights = torch.addcmul(c[..., None], a[..., None], e)  # (B, C, C): a e + c
     weights = weights.addcmul_(b[..., None], rel[:, None, :]).mul_(cos)  # + b rel, times cos
-    out = torch.bmm(weights, vc).baddbmm_((a * decay)[..., None] * qc, f_before)
-    before = torch.bmm(qc, gh_before)  # (B, C, 2Dv): [qh G', qh H]
-    out.addcmul_(b[..., None], before[..., :dv])
-    return out.addcmul_(c[..., None], before[..., dv:])
+    out = torch.bmm(weights, vc)
+    for scale, before in ((a * decay, f_before), (b, g_before), (c, h_before)):
+        out = out.baddbmm_(scale[..., None] * qc, before)
+    return out
