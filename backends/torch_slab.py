@@ -126,12 +126,12 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
         qc, kc, vc = directions(qc, kc, vc, peaks[0], peaks[1])
     rows, count, chunk, d = kc.shape
     dv = vc.shape[-1]
-    # Every chunk of the slab in one batch of B = R S matrices, views of contiguous memory.
-    q3, k3, v3 = (x.reshape(rows * count, chunk, x.shape[-1]) for x in (qc, kc, vc))
-    keys = k3.transpose(1, 2)  # (B, D, C)
-    update_f, update_g, update_h = (torch.bmm(keys, x[..., None] * v3 if x is not None else v3)
-                                    .view(rows, count, d * dv)
-                                    for x in (w.reshape(-1, chunk), rel.reshape(-1, chunk), None))
+    # Every chunk of the slab in one batch of B = R S matrices, views of contiguous memory:
+    # the updates K_c^T [w v, (s - s_ref) v, v], (R, S, D Dv) each.
+    keys = kc.reshape(-1, chunk, d).transpose(1, 2)  # (B, D, C)
+    update_f, update_g, update_h = (
+        torch.bmm(keys, x.reshape(-1, chunk, dv)).view(rows, count, d * dv)
+        for x in (w[..., None] * vc, rel[..., None] * vc, vc))
     index = torch.arange(count, device=w.device)
     strict = index[None, :] < index[:, None]  # (S, S): chunk j feeds chunk c > j
     gaps = torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
@@ -151,12 +151,10 @@ def slab(chunks: Chunks, sums: Sums, screen: tuple[torch.Tensor, ...] | None = N
     e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * e0
     g_last, h_last = (start + x.sum(dim=1).view(rows, d, dv)
                       for x, start in ((update_g, g_start), (update_h, h_start)))
-    per_row = (x.expand(rows, count, chunk).reshape(-1, chunk)
-               for x in (tc, s, rel, m_row, decay, mean_c, g1, gh, g0))
-    out = _chunk_outputs(q3, keys, v3, *per_row, e_before.reshape(-1),
-                         *(x.view(-1, d, dv) for x in (f_before, g_before, h_before)))
+    out = _chunk_outputs(qc, keys, vc, tc, s, rel, m_row, decay, mean_c, g1, gh, g0, e_before,
+                         f_before, g_before, h_before)
     after = Sums(f_last.reshape(rows, d, dv), e_last, g_last, h_last)
-    return out.view(rows, count, chunk, dv), after, seen
+    return out, after, seen
 
 
 def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
@@ -165,7 +163,7 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
                    gh: torch.Tensor, g0: torch.Tensor, e_before: torch.Tensor,
                    f_before: torch.Tensor, g_before: torch.Tensor,
                    h_before: torch.Tensor) -> torch.Tensor:
-    """Steps 2-5 of a batch of B chunks: outputs (B, C, Dv).
+    """Steps 2-5 of a slab of S chunks: outputs (R, S, C, Dv).
 
     Within the chunk, W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (s_i - sbar_t) + c_t) for
     i <= t, with a_t = gh_t / E_t and E_t the carried normaliser (moved to row t's frame by
@@ -175,12 +173,15 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
 
     with W written as cos (a_t exp(s_i - m_t) + b_t (s_i - s_ref) + c_t - b_t (sbar_t - s_ref)):
     one product with the chunk's C x C matrix and three with the sums. A NaN gate makes its
-    row NaN throughout. Shapes: qc (B, C, D); keys (B, D, C); vc (B, C, Dv); the counts tc,
-    s, rel = s - s_ref, m_row, decay, mean_c and the gates (B, C); e_before (B,); f_before,
-    g_before (G') and h_before (B, D, Dv).
+    row NaN throughout. Shapes: qc (R, S, C, D) and vc (R, S, C, Dv), contiguous; keys
+    (R S, D, C), the transposed keys of every chunk; the counts tc (S, C); s, rel = s - s_ref,
+    m_row, decay, mean_c and the gates (R, S, C), in any strides; e_before (R, S); f_before,
+    g_before (G') and h_before (R, S, D Dv).
     """
-    chunk = qc.shape[1]
-    cos = torch.bmm(qc, keys).tril_()  # (B, C, C), zero above the diagonal
+    rows, count, chunk, d = qc.shape
+    dv = vc.shape[-1]
+    q3 = qc.view(-1, chunk, d)
+    cos = torch.bmm(q3, keys).tril_().view(rows, count, chunk, chunk)  # zero above the diagonal
     # exp(s_i - m_t) <= 1 for i <= t. Exponents below log(tiny) + 1 are raised to it (the
     # weight changes by less than 3 times the smallest normal number, against E_t >= 1), and
     # so are those above the diagonal (clamped to [floor, floor]), which meet a zero cosine:
@@ -190,14 +191,13 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
     index = torch.arange(chunk, device=s.device)
     lowest = torch.full((chunk, chunk), floor, dtype=s.dtype, device=s.device)
     highest = lowest.where(index[None, :] > index[:, None], 0.0)  # (C, C)
-    gap = (s[:, None, :] - m_row[..., None]).clamp_(min=lowest, max=highest)
-    e = torch.exp(gap)
-    a = gh / (decay * e_before[:, None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
+    e = (s[..., None, :] - m_row[..., None]).clamp_(min=lowest, max=highest).exp_()
+    a = gh / (decay * e_before[..., None] + e.sum(dim=-1))  # gh / E_t, E_t >= 1
     b = (g1 - gh) / tc
     c = (g0 - gh) / tc - b * mean_c
-    weights = torch.addcmul(c[..., None], a[..., None], e)  # (B, C, C): a e + c
-    weights = weights.addcmul_(b[..., None], rel[:, None, :]).mul_(cos)  # + b rel, times cos
-    out = torch.bmm(weights, vc)
+    weights = torch.addcmul(c[..., None], a[..., None], e)  # (R, S, C, C): a e + c
+    weights = weights.addcmul_(b[..., None], rel[..., None, :]).mul_(cos)  # + b rel, times cos
+    out = torch.bmm(weights.view(-1, chunk, chunk), vc.view(-1, chunk, dv))
     for scale, before in ((a * decay, f_before), (b, g_before), (c, h_before)):
-        out = out.baddbmm_(scale[..., None] * qc, before)
-    return out
+        out = out.baddbmm_((scale[..., None] * qc).view(-1, chunk, d), before.view(-1, d, dv))
+    return out.view(rows, count, chunk, dv)
