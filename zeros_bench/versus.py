@@ -1,9 +1,10 @@
 """Two or more backends head to head in one process: ``python -m zeros_bench.versus``.
 
-    python -m zeros_bench.versus torch numpy --n 8192 65536 --repeats 15 5
+    python -m zeros_bench.versus torch numpy --n 8192 65536 --repeats 15
 
 The backends take turns call by call on the same inputs (B*H rows of float32, random
-per-step gates), so that the machine's drift touches all of them alike. It prints, per N,
+per-step gates), so that the machine's drift touches all of them alike, and as many times at
+every N, so that the minima compared across N are drawn alike. It prints, per N,
 each backend's minimum and median time and its ratio to the last backend named, then each
 backend's time(N_last) / time(N_first). This is how the README's issue-14 numbers were
 measured; `zeros-bench` times one backend against the baselines instead.
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("backends", nargs="+", help="registry names; ratios are to the last")
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 65536])
-    parser.add_argument("--repeats", type=int, nargs="+", default=[15, 5],
+    parser.add_argument("--repeats", type=int, nargs="+", default=[15],
                         help="rounds per N (one number for all, or one per N)")
     parser.add_argument("--bh", type=int, default=8, help="rows B*H (default 8)")
     parser.add_argument("--d", type=int, default=64, help="D = Dv (default 64)")
