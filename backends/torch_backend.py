@@ -3,7 +3,7 @@
 Validation, the `State` of section 5 and the semantics are the reference's (`zeros_ref.kernel`
 and `zeros_ref.layer`); the computation is `torch_chunked`, the chunk-parallel form of spec 4.2
 and 4.3 arranged for a device: every chunk of a slab at once, no branch on tensor data and no
-host sync in the forward or backward pass (1,966 dispatched operations, most of them views, at
+host sync in the forward or backward pass (1,734 dispatched operations, most of them views, at
 N = 65536 with C = 256 and 32 chunks a slab, counted on CPU tensors; the reference's chunk
 loop took about 46,000 and 768 syncs). What this module adds:
 
@@ -11,7 +11,7 @@ loop took about 46,000 and 768 syncs). What this module adds:
   per slab are chosen for it (`CHUNK_SIZE`, `SLAB_SIZE`: 64 and 16 on the CPU, measured; 256
   and 32 on CUDA, estimates still to be tuned on hardware; both configurable);
 - gradients (ZS-GRAD) through ``torch.autograd``; when they are recorded each slab of at most
-  16 chunks is checkpointed (recomputed in backward): forward + backward allocates 2.1 times
+  16 chunks is checkpointed (recomputed in backward): forward + backward allocates 1.8 times
   the bytes of q, k, v, logits and output at N = 8192 (B*H = 8, D = Dv = 64);
 - ``torch.compile(fullgraph=True)`` of forward and backward without graph breaks;
 - on CUDA, the peak of the caching allocator as the memory measure of ZS-ON-MEMORY (the
