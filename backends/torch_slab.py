@@ -181,7 +181,7 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
     """
     rows, count, chunk, d = qc.shape
     dv = vc.shape[-1]
-    q3 = qc.view(-1, chunk, d)
+    q3 = qc.reshape(-1, chunk, d)
     cos = torch.bmm(q3, keys).tril_().view(rows, count, chunk, chunk)  # zero above the diagonal
     # exp(s_i - m_t) <= 1 for i <= t. Exponents below log(tiny) + 1 are raised to it (the
     # weight changes by less than 3 times the smallest normal number, against E_t >= 1), and
@@ -198,7 +198,7 @@ def _chunk_outputs(qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
     c = (g0 - gh) / tc - b * mean_c
     weights = torch.addcmul(c[..., None], a[..., None], e)  # (R, S, C, C): a e + c
     weights = weights.addcmul_(b[..., None], rel[..., None, :]).mul_(cos)  # + b rel, times cos
-    out = torch.bmm(weights.view(-1, chunk, chunk), vc.view(-1, chunk, dv))
+    out = torch.bmm(weights.view(-1, chunk, chunk), vc.reshape(-1, chunk, dv))
     for scale, before in ((a * decay, f_before), (b, g_before), (c, h_before)):
-        out = out.baddbmm_((scale[..., None] * qc).view(-1, chunk, d), before.view(-1, d, dv))
+        out = out.baddbmm_((scale[..., None] * qc).reshape(-1, chunk, d), before.view(-1, d, dv))
     return out.view(rows, count, chunk, dv)
