@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,28 @@ def test_agrees_with_reference_across_slabs(logits: str, rng: np.random.Generato
     (q, k, v), options = tensors(small, case, "float64")
     reference_check(small.attention(q, k, v, **options), rounded(small, case, "float64"),
                     "float64", causal=True, what=f"N={n} C=8 logits={logits}")
+
+
+@pytest.mark.req("ZS-ACC-REFERENCE")
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+def test_inputs_of_any_strides(layout: str, rng: np.random.Generator) -> None:
+    """Views with permuted or gapped strides (heads-major storage, a slice of a wider
+    projection) give the result of their contiguous copies, across several slabs."""
+    small = TorchBackend("cpu", chunk_size=8, slab_size=2)
+    case = draw_case(rng, 61, d=4, dv=3, batch=(3,))
+    (q, k, v), options = tensors(small, case, "float64")
+    q, k, v = (x.expand(*q.shape[:-1], x.shape[-1]).contiguous() for x in (q, k, v))
+
+    def strided(x: torch.Tensor) -> torch.Tensor:
+        if layout == "transposed":  # (N, R, D) storage seen as (R, N, D)
+            return x.transpose(0, 1).contiguous().transpose(0, 1)
+        wide = torch.cat([x, torch.full_like(x, math.nan)], dim=-1)  # NaN where never read
+        return wide[..., :x.shape[-1]]
+
+    views = [strided(x) for x in (q, k, v)]
+    assert not any(x.is_contiguous() for x in views)
+    torch.testing.assert_close(small.attention(*views, **options),
+                               small.attention(q, k, v, **options))
 
 
 @pytest.mark.req("ZS-DTYPE-HALF")
