@@ -9,12 +9,15 @@
 - `to_numpy` / `from_numpy`: move arrays between numpy and a namespace.
 - `draw_case`: random inputs of one attention call (q, k, v, logits, gates) as numpy float64.
 - `definition_scale`: the output scale of spec 7.1 for a case (`zeros_conformance.compare`).
+- `stream`: a backend called piece by piece with the state carried (ZS-STREAM-PIECES).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,3 +216,17 @@ def assert_within(error: Any, bound: Any, what: str = "") -> None:
     assert not excess.any(), (
         f"{what}: error {error[worst]:.3g} exceeds bound {bound[worst]:.3g} at {worst}"
     )
+
+
+def stream(attention: Callable[..., Any], q: Any, k: Any, v: Any, options: dict[str, Any],
+           bounds: list[int]) -> tuple[list[Any], Any]:
+    """The outputs of ``attention`` called on the pieces between consecutive `bounds` (sorted
+    positions along N) with the state carried from call to call, and the last state. Options
+    with an N axis (arrays) are cut alike; scalars and None are passed whole."""
+    state, pieces = None, []
+    for a, z in itertools.pairwise(bounds):
+        piece = {name: x[..., a:z] if getattr(x, "ndim", 0) else x for name, x in options.items()}
+        out, state = attention(q[..., a:z, :], k[..., a:z, :], v[..., a:z, :], state=state,
+                               return_state=True, **piece)
+        pieces.append(out)
+    return pieces, state

@@ -5,7 +5,6 @@ conformance suite."""
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import math
 import shutil
@@ -19,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed: the torch backends are "
                             "not tested (pip install 'zeros-attention-spec[torch]')")
 
-from conftest import Case, draw_case  # noqa: E402
+from conftest import Case, draw_case, stream  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import zeros_ref  # noqa: E402
@@ -209,13 +208,7 @@ def test_streaming_pieces_equal_one_call(dtype: str, logits: str,
     case = draw_case(rng, n, d=5, dv=4, batch=(2,), explicit_logits=logits == "explicit")
     (q, k, v), options = tensors(backend, case, dtype)
     bounds = [0, 0, 37, 37, 130, *range(131, 140), n]
-    state, pieces = None, []
-    for a, z in itertools.pairwise(bounds):
-        piece = {name: x[..., a:z] if isinstance(x, torch.Tensor) else x
-                 for name, x in options.items()}
-        out, state = backend.attention(q[..., a:z, :], k[..., a:z, :], v[..., a:z, :],
-                                       state=state, return_state=True, **piece)
-        pieces.append(out)
+    pieces, state = stream(backend.attention, q, k, v, options, bounds)
     assert state.length == n
     streamed = torch.cat(pieces, dim=-2)
     reference_check(streamed, rounded(backend, case, dtype), dtype, causal=True,

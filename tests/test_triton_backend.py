@@ -11,7 +11,6 @@ D = 32), so the cases are small.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conftest import Case, assert_close, definition_scale, draw_case  # noqa: E402
+from conftest import Case, assert_close, definition_scale, draw_case, stream  # noqa: E402
 
 import zeros_ref  # noqa: E402
 from zeros_backends import torch_chunked  # noqa: E402
@@ -225,13 +224,7 @@ def test_streaming_pieces_equal_one_call(dtype: str, logits: str,
     case = draw_case(rng, n, d=5, dv=4, batch=(2,), explicit_logits=logits == "explicit")
     (q, k, v), options = tensors(small_chunks, case, dtype)
     bounds = [0, 0, 23, 23, 70, 71, 72, 73, n]
-    state, pieces = None, []
-    for a, z in itertools.pairwise(bounds):
-        piece = {name: x[..., a:z] if isinstance(x, torch.Tensor) else x
-                 for name, x in options.items()}
-        out, state = small_chunks.attention(q[..., a:z, :], k[..., a:z, :], v[..., a:z, :],
-                                            state=state, return_state=True, **piece)
-        pieces.append(out)
+    pieces, state = stream(small_chunks.attention, q, k, v, options, bounds)
     assert state.length == n
     reference_check(small_chunks, torch.cat(pieces, dim=-2), case, dtype,
                     f"{dtype} streamed, logits={logits}")
