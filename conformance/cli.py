@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import golden, golden_layer, html_report, registry, xfails
+from . import golden, golden_layer, html_report, junit, registry, xfails
 from ._guard import GIB, Limits
 from ._harness import Context
 from .protocol import DTYPES, usable_dtypes
@@ -44,7 +44,7 @@ _GOLDEN_SETS = {"attention": golden, "layer": golden_layer}
 
 SEEDS = 2**32
 """Seeds are 0 .. SEEDS - 1: what NumPy's generators take, and exact in any JSON reader."""
-REPORTS = ("report", "markdown", "html")
+REPORTS = ("report", "markdown", "html", "junit")
 """The options that name a report file to write."""
 
 
@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="check a backend against every requirement",
                         epilog="Wrong arguments exit with status 2 before any requirement runs; "
-                               "the folder of each report (--report, --markdown, --html) must "
-                               "exist: it is not created.")
+                               "the folder of each report (--report, --markdown, --html, "
+                               "--junit) must exist: it is not created.")
     go.add_argument("--backend", required=True,
                     help="registered name, module:attr or path/to/file.py:attr")
     go.add_argument("--quick", action="store_true", help="the quick profile (smaller sizes)")
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     go.add_argument("--html", type=Path,
                     help="write an HTML report here: one self-contained file, with plots "
                          "where matplotlib is installed")
+    go.add_argument("--junit", type=Path, metavar="FILE",
+                    help="write JUnit XML here, one test case per requirement ID, for the "
+                         "test reports of CI services (GitLab, Jenkins, GitHub)")
     go.add_argument("--spec-url", default=html_report.SPEC_URL, metavar="URL",
                     help="where the HTML report links each requirement's text: URL#zs-... "
                          "(default %(default)r, the spec page of the documentation site "
@@ -216,6 +219,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.html.write_text(html_report.render(ctx, outcomes, seconds,
                                                 strict_xfails=args.strict_xfails,
                                                 spec_url=args.spec_url), encoding="utf-8")
+    if args.junit:
+        junit.write(to_json(ctx, outcomes, seconds, strict_xfails=args.strict_xfails), args.junit)
     return code
 
 
