@@ -3,7 +3,13 @@
 Integrity: the manifest's SHA-256 hashes match the shipped files, and an edited, missing or
 unlisted file is detected and named. Reproducibility: regenerating reproduces the shipped
 outputs to rounding and gives byte-identical files on one machine. Agreement: every golden
-output equals the explicit definition on its inputs. Coverage: asserted on the manifest.
+output agrees, within 1e-12 of its row's output scale (spec 7.1), with the independent mpmath
+evaluation of sections 2 and 3 (`mp_definition`) on the golden inputs. That evaluation forms
+its own unit vectors and default logits and never imports `zeros_ref`, and the scale is taken
+from its logits, so no helper of the reference decides the answer; the cross-check against
+`zeros_ref.explicit_attention` at generation shares those helpers with `zeros_ref.attention`
+and passes a mistake common to both (such as a miscounted default logit). The reference also
+reproduces the stored outputs within the float64 tolerance. Coverage: asserted on the manifest.
 """
 
 from __future__ import annotations
@@ -15,18 +21,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import mp_definition as mpd
 import numpy as np
 import pytest
 
 import zeros_ref
-from zeros_conformance import TOLERANCE, cli, compare, golden
+from zeros_conformance import TOLERANCE, cli, compare, golden, output_scale
 
 GOLDEN_DIR = golden.default_directory()
 MANIFEST: dict[str, Any] = json.loads((GOLDEN_DIR / golden.MANIFEST_NAME).read_text())
 ENTRIES: list[dict[str, Any]] = MANIFEST["cases"]
 CASE_NAMES = [entry["name"] for entry in ENTRIES]
 REFERENCE_TOLERANCE = 1e-12
-"""Agreement of the golden outputs with the explicit definition (spec 7.1: the reference)."""
+"""Agreement of the golden outputs with the mpmath definition, and of a regeneration with the
+shipped outputs (spec 7.1: the reference agrees with an arbitrary-precision evaluation to
+1e-12)."""
 
 
 def _assert_close(out: np.ndarray, ref: np.ndarray, scale: np.ndarray, tol: float,
@@ -186,16 +195,27 @@ def test_regenerate_removes_stale_case_files(tmp_path: Path) -> None:
 # --- Agreement ---------------------------------------------------------------------------------
 
 
+def definition_scale(case: golden.GoldenCase) -> np.ndarray:
+    """Output scale of spec 7.1 of every row, (*B, N), from the logits of the mpmath definition:
+    the explicit ones, or its own default logits (ZS-LOG-DEFAULT), not `case.logits()`, which
+    are `zeros_ref`'s."""
+    logits = case.inputs.get("logits")
+    if logits is None:
+        logits = mpd.deviation_logits(case.inputs["k"], causal=case.causal)
+    gates = [np.asarray(case.inputs[gate]) for gate in ("first", "higher", "zero")]
+    return output_scale(case.inputs["v"], logits, *gates, causal=case.causal)
+
+
 @pytest.mark.req("ZS-ACC-GOLDEN")
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_golden_agrees_with_explicit_definition(
+def test_golden_agrees_with_mpmath_definition(
     name: str, cases: dict[str, golden.GoldenCase]
 ) -> None:
     case = cases[name]
-    explicit = zeros_ref.explicit_attention(**case.inputs, causal=case.causal)
+    exact = mpd.attention(**case.inputs, causal=case.causal)
     assert np.all(np.isfinite(case.expected)), name
-    _assert_close(case.expected, explicit, case.output_scale(), REFERENCE_TOLERANCE,
-                  f"{name} ({case.description})")
+    _assert_close(case.expected, exact, definition_scale(case), REFERENCE_TOLERANCE,
+                  f"{name} ({case.description}) vs mpmath")
 
 
 @pytest.mark.req("ZS-ACC-GOLDEN")
