@@ -149,6 +149,26 @@ def test_zero_vectors_and_equal_logits(rng) -> None:
         assert np.isfinite(out).all()
 
 
+@pytest.mark.req("ZS-STAB-MAGNITUDE", "ZS-DEF-COSINE")
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("dtype", "tiny", "huge"), [
+    ("float32", 1e-25, 1e30), ("float64", 1e-170, 1e160)])
+def test_vectors_whose_squares_underflow_keep_their_direction(rng, dtype, tiny, huge,
+                                                              causal) -> None:
+    """Found by the magnitude fuzzing (issue 21): a q or k row whose squared norm underflows
+    to 0 was taken for a zero vector, which put outputs off by up to the output scale."""
+    case = draw_case(rng, 90, d=6, dv=5, batch=(2,)).map(lambda x: x.astype(dtype))
+    case.q[0] *= tiny  # every query of row 0
+    case.k[0, ::3] *= tiny  # every third key
+    case.q[1, 7] *= huge  # one query
+    case.k[0, 40] *= huge  # one key
+    out = SMALL.attention(case.q, case.k, case.v, causal=causal, **case.kwargs)
+    wide = case.map(lambda x: x.astype(np.float64))
+    ref = zeros_ref.attention(wide.q, wide.k, wide.v, causal=causal, **wide.kwargs)
+    tolerance = TIGHT if dtype == "float64" else 2e-4
+    assert_close(out, ref, definition_scale(wide, causal=causal), tolerance, dtype)
+
+
 @pytest.mark.req("ZS-DTYPE-HALF", "ZS-DTYPE-OUTPUT")
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_low_precision_dtypes(rng, dtype) -> None:

@@ -122,15 +122,20 @@ class Frame(NamedTuple):
 def inverse_norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``1/|x|`` of every row of x (R, n, D), 0 for zero rows; and which rows are in range.
 
-    In range: ``|x|^2 = 0`` or ``tiny^(1/4) <= |x|^2 <= tiny^(-1/4)`` (module docstring, 2).
-    Returns two (R, n) arrays.
+    In range: a zero row, or ``tiny^(1/4) <= |x|^2 <= tiny^(-1/4)`` (module docstring, 2).
+    A row whose squared norm underflows to 0 without being zero (entries near 1e-25 in
+    float32) is out of range, not zero: its direction is the reference's `unit`, which
+    rescales first. Returns two (R, n) arrays.
     """
     sq = np.einsum("bnd,bnd->bn", x, x)  # (R, n)
     tiny = float(np.finfo(x.dtype).tiny)
     usable = (sq >= tiny**0.25) & (sq <= tiny**-0.25)
     inv = np.zeros_like(sq)
     np.divide(1.0, np.sqrt(sq, where=usable, out=inv), where=usable, out=inv)
-    return inv, usable | (sq == 0)
+    vanished = sq == 0  # (R, n): zero rows, and rows whose squares all underflow
+    if vanished.any():
+        vanished[vanished] = ~x[vanished].any(axis=-1)
+    return inv, usable | vanished
 
 
 def prefix_scan(state: State, ref: np.ndarray, top: np.ndarray, block_sum: np.ndarray,
