@@ -145,6 +145,17 @@ def softmax_limit(ctx: Context) -> Iterator[Measurement]:
                             expected=lambda seen, c=causal: softmax_mean(seen, c))
 
 
+SIGNIFICAND_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
+
+
+def exact_shifts(dtype: str) -> tuple[float, ...]:
+    """Shifts of ZS-DEF-SHIFT in `dtype`: 16 and +-1e4, or +-the largest shift that keeps
+    logits on a 1/4 grid within +-8 exact when 1e4 does not (504 in float16, 56 in bfloat16)."""
+    largest = 2.0 ** (SIGNIFICAND_BITS[dtype] - 2) - 8  # |s + shift| <= 2^(bits - 2)
+    far = min(1e4, largest)
+    return (16.0, far, -far)
+
+
 @check("ZS-DEF-SHIFT")
 def logit_shift_changes_nothing(ctx: Context) -> Iterator[Measurement]:
     """Adding a constant to every logit leaves the output unchanged (exact shifts)."""
@@ -152,11 +163,11 @@ def logit_shift_changes_nothing(ctx: Context) -> Iterator[Measurement]:
     for dtype in ctx.dtypes:
         for causal in ctx.modes():
             inputs = random_inputs(rng, (2,), 60, 5, 4)
-            # Logits on a 1/4 grid within +-8, shifted by at most 16, need 7 significant bits:
-            # exact in every dtype down to bfloat16, so the inputs differ by the shift only.
+            # Logits on a 1/4 grid within +-8 hold their shifts exactly (`exact_shifts`), so
+            # the inputs differ by the shift only.
             inputs["logits"] = np.round(rng.uniform(-8, 8, size=(2, 60)) * 4) / 4
             base = as_numpy(ctx, run_backend(ctx, inputs, dtype, causal=causal))
-            for delta in (-8.0, 4.0, 16.0):
+            for delta in exact_shifts(dtype):
                 moved = dict(inputs, logits=inputs["logits"] + delta)
                 out = as_numpy(ctx, run_backend(ctx, moved, dtype, causal=causal))
                 case = describe(inputs, dtype=dtype, causal=causal, shift=delta)

@@ -68,14 +68,16 @@ def _logit_kinds(ctx: Context) -> tuple[str, ...]:
 
 @check("ZS-STREAM-PIECES")
 def pieces_equal_one_call(ctx: Context) -> Iterator[Measurement]:
-    """Random cuts (including empty pieces) with explicit and default logits."""
+    """Random cuts (including empty pieces) with explicit and default logits; the final state
+    of the pieces, and that of one call, each continued by a tail of 9 tokens."""
     rng = ctx.rng("pieces")
+    n, tail = 150, 9
     for dtype in ctx.dtypes:
         for logits in _logit_kinds(ctx):
-            n = 150
-            inputs = random_inputs(rng, (2,), n, 5, 4, logits=logits)
+            inputs = random_inputs(rng, (2,), n + tail, 5, 4, logits=logits)
             cuts = sorted(int(c) for c in rng.integers(0, n + 1, size=6))
-            yield _streaming_agreement(ctx, inputs, dtype, cuts)
+            yield _streaming_agreement(ctx, inputs, dtype, [*cuts, n], tail=tail)
+            yield _streaming_agreement(ctx, inputs, dtype, [n], tail=tail)
 
 
 @check("ZS-STREAM-DECODE")
@@ -90,22 +92,31 @@ def decode_steps_equal_prefill(ctx: Context) -> Iterator[Measurement]:
 
 @check("ZS-ERR-STATE")
 def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
-    """A state from other leading axes, D or Dv, or any state in bidirectional mode."""
+    """A state from other leading axes, D or Dv (`ValueError`), of another compute dtype or
+    not a state at all (`TypeError`), or any state in bidirectional mode."""
     rng = ctx.rng("state-errors")
     b, dtype = ctx.backend, ctx.precise_dtype()
 
-    def arrays(batch: tuple[int, ...], d: int, dv: int) -> tuple:
+    def arrays(batch: tuple[int, ...], d: int, dv: int, dtype: str = dtype) -> tuple:
         x = random_inputs(rng, batch, 6, d, dv)
         return tuple(b.from_numpy(x[n], dtype) for n in ("q", "k", "v", "logits"))
 
     q, k, v, s = arrays((2,), 4, 3)
     _, state = ctx.attention(q, k, v, logits=s, return_state=True)
-    errors = (ValueError, TypeError)
     for label, shape in (("leading axes", ((3,), 4, 3)), ("D", ((2,), 5, 3)),
                          ("Dv", ((2,), 4, 2))):
         other = arrays(*shape)
-        yield raises(lambda o=other: ctx.attention(*o[:3], logits=o[3], state=state), errors,
-                     "state", {"state from": "(2,), D=4, Dv=3", "other": label})
+        yield raises(lambda o=other: ctx.attention(*o[:3], logits=o[3], state=state),
+                     (ValueError,), "state", {"state from": "(2,), D=4, Dv=3", "other": label})
+    # float16 and bfloat16 compute in float32, so only float32 and float64 states differ.
+    if {"float32", "float64"} <= set(ctx.dtypes):
+        narrow = arrays((2,), 4, 3, "float32")
+        _, narrow_state = ctx.attention(*narrow[:3], logits=narrow[3], return_state=True)
+        yield raises(lambda: ctx.attention(q, k, v, logits=s, state=narrow_state), (TypeError,),
+                     "state", {"state from": "float32", "inputs": "float64"})
+    for label, foreign in (("a dict", {"F": None}), ("a numpy array", np.zeros((2, 3, 4, 3)))):
+        yield raises(lambda f=foreign: ctx.attention(q, k, v, logits=s, state=f), (TypeError,),
+                     "state", {"state": label})
     yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, state=state),
                  (ValueError,), "state", {"causal": False, "state": "given"})
     yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, return_state=True),
