@@ -1,7 +1,10 @@
 """Deliberately broken backends: each makes one mistake the suite must reject.
 
 Each is the explicit definition with one thing changed (or the reference with its state
-corrupted), so that exactly that mistake is what differs from a correct backend.
+corrupted), so that exactly that mistake is what differs from a correct backend. `quadratic`
+is the definition unchanged: the correct twin of the others (tests/test_mutants.py). More
+mutants: broken_api.py (protocol, keywords, bad input, state, long sequences),
+broken_half.py (float16), broken_grad.py (gradients), broken_layer.py (the layer).
 
 | backend | mistake | requirement that must fail |
 | --- | --- | --- |
@@ -17,6 +20,14 @@ corrupted), so that exactly that mistake is what differs from a correct backend.
 | cumulative_sums | holds cumulative sums of kh v^T, an (N, D, Dv) array | ZS-ON-MEMORY |
 | history_state | the state keeps every token and recomputes from them | ZS-ON-DECODE, ZS-ON-STATE |
 | spreads_v_nan | masked weights times v chunk by chunk (0 * inf) | ZS-ERR-NONFINITE-V (SHOULD) |
+| drops_zero_gate | the zero-order gate never applied (g0 as 0) | ZS-DEF-SOFTMAX, ZS-DEF-ZEROSUM |
+| zero_order_leaks | h = p - f: the zero-order term never removed | ZS-DEF-ZEROSUM, ZS-DEF-SOFTMAX |
+| uncentred_first_order | f = s_i / n, no mean logit subtracted | ZS-DEF-SHIFT, ZS-DEF-ZEROSUM |
+| bidirectional_counts_t | bidirectional rows over t, not N | ZS-DEF-BIDIRECTIONAL |
+| default_count_i | default logits' key mean over i, not 1 + i | ZS-LOG-DEFAULT |
+| zero_keys_as_padding | default logits' key mean counts nonzero keys only | ZS-ACC-GOLDEN |
+| masks_with_product | weights masked by a product, not a select (0 * NaN) | ZS-ERR-NONFINITE |
+| naive_norms | directions x / sqrt(sum(x * x)) in the input dtype | ZS-STAB-MAGNITUDE |
 | raises_bidirectional | raises RuntimeError when `causal=False` | error, with the case |
 | crashes_bidirectional | dies of SIGSEGV when `causal=False` | (the run dies; its report stays) |
 | hangs_when_long | sleeps for an hour on over 10^4 tokens | ZS-STAB-LONG (time limit) |
@@ -33,10 +44,19 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from _numpy import NumpyArrays, gate, unit
+from _numpy import NumpyArrays, gate
+from array_api_compat import array_namespace
 
 import zeros_ref
+from zeros_ref import kernel
 from zeros_ref.kernel import check_inputs
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Unit rows of `x` in its dtype, exact at any scale, zero rows kept zero (a squared
+    norm past the dtype's range is rescaled, not an error: no warning)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return kernel.unit(array_namespace(x), x)
 
 
 class Explicit(NumpyArrays):
@@ -45,8 +65,19 @@ class Explicit(NumpyArrays):
     name = "explicit"
     features = frozenset({"bidirectional", "default_logits"})
 
+    def directions(self, x: np.ndarray) -> np.ndarray:
+        """Unit rows of an input array (of the input dtype) in float64."""
+        return unit(np.asarray(x, dtype=np.float64))
+
     def cosine(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        return unit(q) @ np.swapaxes(unit(k), -1, -2)
+        return self.directions(q) @ np.swapaxes(self.directions(k), -1, -2)
+
+    def default_logits(self, k: np.ndarray, causal: bool) -> np.ndarray:
+        return zeros_ref.deviation_logits(k, causal=causal)
+
+    def count(self, n: int, causal: bool) -> np.ndarray:
+        """n_t of every row, (N, 1): t (causal) or N (bidirectional)."""
+        return (np.arange(n) + 1.0)[:, None] if causal else np.full((n, 1), float(n))
 
     def softmax(self, s: np.ndarray, visible: np.ndarray) -> np.ndarray:
         rows = np.where(visible, s[..., None, :], -np.inf)
@@ -57,28 +88,36 @@ class Explicit(NumpyArrays):
         mean = np.where(visible, s[..., None, :], 0.0).sum(-1, keepdims=True) / t
         return np.where(visible, (s[..., None, :] - mean) / t, 0.0)
 
+    def combine(self, g1, gh, g0, p, z, f) -> np.ndarray:
+        """r = g1 f + gh h + g0 z with h = p - z - f; gates (*B, N), the rest (*B, N, N)."""
+        return g1[..., None] * f + gh[..., None] * (p - z - f) + g0[..., None] * z
+
     def gates(self, first: Any, higher: Any, zero: Any, shape: tuple[int, ...]) -> tuple:
         return gate(first, shape), gate(higher, shape), gate(zero, shape)
+
+    def masked(self, visible: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The weights outside P(t) set to 0 with a select, so non-finite ones stay out."""
+        return np.where(visible, w, 0.0)
 
     def output(self, out: np.ndarray, q: np.ndarray) -> np.ndarray:
         return out.astype(q.dtype)
 
     def attention(self, q, k, v, *, logits=None, first=1.0, higher=1.0, zero=0.0, causal=True):
         dtype = q.dtype
+        cos = self.cosine(q, k)
         q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
-        s = zeros_ref.deviation_logits(k, causal=causal) if logits is None else logits
+        s = self.default_logits(k, causal) if logits is None else logits
         s = np.asarray(s, dtype=np.float64)
         n = q.shape[-2]
         batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], s.shape[:-1])
         g1, gh, g0 = self.gates(first, higher, zero, (*batch, n))
         index = np.arange(n)
         visible = index[None, :] <= index[:, None] if causal else np.ones((n, n), dtype=bool)
-        t = (index + 1.0)[:, None] if causal else np.full((n, 1), float(n))
+        t = self.count(n, causal)
         p = np.where(visible, self.softmax(s, visible), 0.0)
         z = np.where(visible, 1.0 / t, 0.0)
         f = self.first_order(s, p, visible, t)
-        r = g1[..., None] * f + gh[..., None] * (p - z - f) + g0[..., None] * z
-        out = (r * self.cosine(q, k)) @ v
+        out = self.masked(visible, self.combine(g1, gh, g0, p, z, f) * cos) @ v
         return self.output(out, np.zeros(0, dtype=dtype))
 
 
@@ -130,10 +169,102 @@ class NanOnZeroVectors(Explicit):
     name = "nan-on-zero-vectors"
 
     def cosine(self, q, k):
+        q, k = np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             qh = q / np.linalg.norm(q, axis=-1, keepdims=True)
             kh = k / np.linalg.norm(k, axis=-1, keepdims=True)
         return qh @ np.swapaxes(kh, -1, -2)
+
+
+class DropsZeroGate(Explicit):
+    """The zero-order gate read but never applied: g0 acts as 0 (the softmax limit loses
+    its uniform part)."""
+
+    name = "drops-zero-gate"
+
+    def combine(self, g1, gh, g0, p, z, f):
+        return super().combine(g1, gh, np.zeros_like(g0), p, z, f)
+
+
+class ZeroOrderLeaks(Explicit):
+    """The higher-order residual taken as p - f: the zero-order term z is never removed."""
+
+    name = "zero-order-leaks"
+
+    def combine(self, g1, gh, g0, p, z, f):
+        return g1[..., None] * f + gh[..., None] * (p - f) + g0[..., None] * z
+
+
+class UncentredFirstOrder(Explicit):
+    """f = s_i / n: the first-order term without the mean logit subtracted."""
+
+    name = "uncentred-first-order"
+
+    def first_order(self, s, p, visible, t):
+        return np.where(visible, s[..., None, :] / t, 0.0)
+
+
+class BidirectionalCountsT(Explicit):
+    """Bidirectional rows divided by t, the causal count, instead of N."""
+
+    name = "bidirectional-counts-t"
+
+    def count(self, n, causal):
+        return super().count(n, True)
+
+
+class DefaultCountI(Explicit):
+    """Default logits with the running mean of the keys over i, not 1 + i (tau = 0)."""
+
+    name = "default-count-i"
+
+    def default_logits(self, k, causal):
+        n, d = k.shape[-2:]
+        if causal:
+            mean = np.cumsum(k, axis=-2) / np.arange(1.0, n + 1)[:, None]
+        else:
+            mean = k.sum(axis=-2, keepdims=True) / max(n, 1)
+        return -np.sum(k * mean, axis=-1) / np.sqrt(d)
+
+
+class ZeroKeysAsPadding(Explicit):
+    """Zero keys taken for padding in the default logits: the running mean of the keys
+    counts only nonzero ones (1 + their number, not 1 + i). Random keys are never zero, so
+    only the golden case of zero keys with default logits sees it."""
+
+    name = "zero-keys-as-padding"
+
+    def default_logits(self, k, causal):
+        d = k.shape[-1]
+        real = np.any(k != 0, axis=-1)[..., None]  # (*B, N, 1)
+        if causal:
+            total, count = np.cumsum(k, axis=-2), 1.0 + np.cumsum(real, axis=-2)
+        else:
+            total, count = k.sum(axis=-2, keepdims=True), 1.0 + real.sum(axis=-2, keepdims=True)
+        return -np.sum(k * total / count, axis=-1) / np.sqrt(d)
+
+
+class MasksWithProduct(Explicit):
+    """Weights outside P(t) zeroed by a product with the mask: 0 * NaN is NaN, so a
+    non-finite q, k, logit or gate at position i reaches rows t < i."""
+
+    name = "masks-with-product"
+
+    def masked(self, visible, w):
+        return visible * w
+
+
+class NaiveNorms(Explicit):
+    """Unit directions x / sqrt(sum(x * x)) in the input dtype: a squared norm that
+    underflows or overflows makes the direction 0."""
+
+    name = "naive-norms"
+
+    def directions(self, x):
+        with np.errstate(all="ignore"):
+            norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+            unit = np.where(norm > 0, x / norm, 0.0)
+        return unit.astype(np.float64)
 
 
 class ForgetfulState(NumpyArrays):
@@ -281,6 +412,14 @@ forgetful_state = ForgetfulState()
 cumulative_sums = CumulativeSums()
 history_state = HistoryState()
 spreads_v_nan = SpreadsVNan()
+drops_zero_gate = DropsZeroGate()
+zero_order_leaks = ZeroOrderLeaks()
+uncentred_first_order = UncentredFirstOrder()
+bidirectional_counts_t = BidirectionalCountsT()
+default_count_i = DefaultCountI()
+zero_keys_as_padding = ZeroKeysAsPadding()
+masks_with_product = MasksWithProduct()
+naive_norms = NaiveNorms()
 raises_bidirectional = RaisesBidirectional()
 crashes_bidirectional = CrashesBidirectional()
 hangs_when_long = MisbehavesWhenLong("hangs")
