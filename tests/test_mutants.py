@@ -80,6 +80,7 @@ MUTANTS: list[Mutant] = [
     Mutant("broken_api:raises_on_empty", "ZS-ERR-EMPTY", "broken_api:reference_twin"),
     Mutant("broken_api:bidirectional_ignores_state", "ZS-ERR-STATE",
            "broken_api:reference_twin"),
+    Mutant("broken_api:casts_state", "ZS-ERR-STATE", "broken_api:reference_twin"),
     Mutant("broken_api:restarts_every_8192", "ZS-STAB-LONG", "broken_api:reference_twin"),
     # broken_half.py: the explicit definition claiming float16, one dtype mistake.
     Mutant("broken_half:unstabilised_exp", "ZS-DTYPE-HALF", "broken_half:half_twin"),

@@ -13,10 +13,13 @@ mutants fail, so each failure comes from the planted mistake.
 | coerces_gates | Python-scalar gates taken through float(): True and "0.5" pass | ZS-ERR-DTYPE |
 | raises_on_empty | N = 0 raises ValueError instead of returning (*B, 0, Dv) | ZS-ERR-EMPTY |
 | bidirectional_ignores_state | `state`, `return_state` ignored if `causal=False` | ZS-ERR-STATE |
+| casts_state | a state of another dtype converted instead of rejected | ZS-ERR-STATE |
 | restarts_every_8192 | sequences cut into 8192-token segments, each a new sequence | ZS-STAB-LONG |
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from _numpy import NumpyArrays
@@ -101,6 +104,21 @@ class BidirectionalIgnoresState(Reference):
         return super().attention(q, k, v, causal=causal, **options)
 
 
+class CastsState(Reference):
+    """A state of another dtype is converted to the inputs' compute dtype instead of being
+    rejected with TypeError (a float32 prefill continued in float64 silently keeps float32's
+    precision)."""
+
+    name = "casts-state"
+
+    def attention(self, q, k, v, *, state=None, **options):
+        compute = np.float32 if q.dtype.itemsize < 4 else q.dtype
+        if isinstance(state, zeros_ref.State) and state.kv.dtype != compute:
+            arrays = ("running_max", "mean_offset", "normaliser", "kv", "key_sum")
+            state = replace(state, **{f: getattr(state, f).astype(compute) for f in arrays})
+        return super().attention(q, k, v, state=state, **options)
+
+
 class RestartsEvery8192(Reference):
     """A grid of at most 8192 positions: a longer causal sequence is computed as independent
     segments of 8192 tokens (the later ones forget the prefix, default logits included)."""
@@ -131,4 +149,5 @@ answers_empty_d = AnswersEmptyD()
 coerces_gates = CoercesGates()
 raises_on_empty = RaisesOnEmpty()
 bidirectional_ignores_state = BidirectionalIgnoresState()
+casts_state = CastsState()
 restarts_every_8192 = RestartsEvery8192()
