@@ -31,8 +31,9 @@ ROW_ENTRIES = 256
 
 
 def _prefix(x: np.ndarray, op: np.ufunc, causal: bool) -> np.ndarray:
-    """Running reduction along the last axis (causal) or its total broadcast back."""
-    if causal:
+    """Running reduction along the last axis (causal) or its total broadcast back (an empty
+    axis stays empty)."""
+    if causal or x.shape[-1] == 0:
         return op.accumulate(x, axis=-1)
     return np.broadcast_to(op.reduce(x, axis=-1, keepdims=True), x.shape)
 

@@ -85,6 +85,20 @@ def test_extreme_gate_projections_do_not_overflow() -> None:
     assert np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize(("dtype", "fine", "scale"), [("float64", 1e60, 1e160),
+                                                      ("float32", 1e8, 1e20)])
+def test_x_that_overflows_the_logits_is_named(dtype: str, fine: float, scale: float) -> None:
+    """Finite x whose deviation logits overflow raises naming x (issue 21: it gave NaN); a
+    non-finite x is non-finite input and gives NaN without an error."""
+    params = {k: v.astype(dtype) for k, v in zeros_ref.random_layer_params(8, 2).items()}
+    x = np.random.default_rng(9).normal(size=(5, 8)).astype(dtype)
+    assert np.all(np.isfinite(zeros_ref.layer(x * fine, params, heads=2)))
+    with pytest.raises(ValueError, match=r"^`x` is too large for the layer"):
+        zeros_ref.layer(x * scale, params, heads=2)
+    x[3, 1] = np.nan
+    assert np.isnan(zeros_ref.layer(x * scale, params, heads=2)[3:]).all()
+
+
 def test_empty_sequence() -> None:
     params = zeros_ref.random_layer_params(4, 2)
     out, state = zeros_ref.layer(np.zeros((2, 0, 4)), params, heads=2, return_state=True)

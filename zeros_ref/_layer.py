@@ -93,6 +93,23 @@ def _check_options(heads: Any, dm: int, first_layer: Any, rope: Any, norm: Any) 
     return d
 
 
+def _check_overflow(xp: Any, x: Any, params: dict[str, Any], out: Any) -> None:
+    """Raise `ValueError` naming `x` when finite x and parameters give a non-finite output:
+    some projection, logit, sum or the output itself passed the dtype's largest number
+    (spec 13.1, section 8), which would be NaN or infinity without a word. A non-finite x or
+    parameter is non-finite input (ZS-ERR-NONFINITE) and passes through."""
+    if bool(xp.all(xp.isfinite(out))) or not bool(xp.all(xp.isfinite(x))):
+        return
+    if not all(bool(xp.all(xp.isfinite(w))) for w in params.values()):
+        return
+    largest = float(xp.max(xp.abs(x)))
+    raise ValueError(
+        f"`x` is too large for the layer: with entries of up to {largest:.3g} in magnitude, "
+        f"its projections, logits or outputs pass the largest {out.dtype} number "
+        "(spec 13.1); scale x or the projection weights down"
+    )
+
+
 def _sigmoid(xp: Any, x: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * x))  # no overflow for any finite x
 
@@ -212,6 +229,7 @@ def layer(
     # Step 7: heads merged back in order, output projection.
     merged = xp.reshape(xp.permute_dims(o, swap), (*batch, n, dm))
     out = xp.astype(merged @ p["wo"] + p["bo"], x.dtype)
+    _check_overflow(xp, x, p, out)
     if not return_state:
         return out
     u_sum = xp.sum(u, axis=-2) + (0.0 if state is None else state.u_sum)  # (*B, H, d)

@@ -56,6 +56,14 @@ def agrees_with_reference(ctx: Context) -> Iterator[Measurement]:
                                gates=case["gates"])
         for dtype in ctx.dtypes:
             yield agreement(ctx, inputs, dtype, causal=case["causal"], seed=case["seed"])
+    # Past 2048 tokens with the default logits, whose prefix means run over the whole length.
+    rng = ctx.rng("long default logits")
+    n = 2_500 if ctx.quick else 4_099
+    for logits in ("explicit", "default") if ctx.claims("default_logits") else ("explicit",):
+        inputs = random_inputs(rng, (2,), n, 16, 16, logits=logits)
+        for dtype in ctx.dtypes:
+            for causal in ctx.modes():
+                yield agreement(ctx, inputs, dtype, causal=causal, long=True)
 
 
 @check("ZS-ACC-GOLDEN")
