@@ -17,7 +17,7 @@ from ._state import State
 from ._weights import explicit_attention, weights
 
 __version__ = "0.1.0"
-SPEC_VERSION = "0.2"
+SPEC_VERSION = "0.3"
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
