@@ -41,7 +41,8 @@ class Mutant(NamedTuple):
 MUTANTS: list[Mutant] = [
     # broken.py: the explicit definition with one mistake (or the reference, corrupted).
     Mutant("broken:first_order_from_probabilities", "ZS-DEF-WEIGHTS"),
-    Mutant("broken:first_order_from_probabilities", "ZS-ACC-REFERENCE"),
+    # It fails ZS-ACC-REFERENCE too, but that check's 2500-token cases take the explicit
+    # definition 18 s: normalised_key_logits below stands for it at O(N) cost.
     Mutant("broken:global_max", "ZS-STAB-RANGE"),
     Mutant("broken:global_max", "ZS-STAB-OFFSET"),
     Mutant("broken:quadratic", "ZS-ON-TIME", None),
@@ -81,6 +82,8 @@ MUTANTS: list[Mutant] = [
     Mutant("broken_api:bidirectional_ignores_state", "ZS-ERR-STATE",
            "broken_api:reference_twin"),
     Mutant("broken_api:casts_state", "ZS-ERR-STATE", "broken_api:reference_twin"),
+    Mutant("broken_api:normalised_key_logits", "ZS-ACC-REFERENCE", "broken_api:reference_twin"),
+    Mutant("broken_api:normalised_key_logits", "ZS-LOG-DEFAULT", "broken_api:reference_twin"),
     Mutant("broken_api:restarts_every_8192", "ZS-STAB-LONG", "broken_api:reference_twin"),
     # broken_half.py: the explicit definition claiming float16, one dtype mistake.
     Mutant("broken_half:unstabilised_exp", "ZS-DTYPE-HALF", "broken_half:half_twin"),

@@ -14,6 +14,7 @@ mutants fail, so each failure comes from the planted mistake.
 | raises_on_empty | N = 0 raises ValueError instead of returning (*B, 0, Dv) | ZS-ERR-EMPTY |
 | bidirectional_ignores_state | `state`, `return_state` ignored if `causal=False` | ZS-ERR-STATE |
 | casts_state | a state of another dtype converted instead of rejected | ZS-ERR-STATE |
+| normalised_key_logits | default logits of the unit keys, not of the raw keys | ZS-ACC-REFERENCE |
 | restarts_every_8192 | sequences cut into 8192-token segments, each a new sequence | ZS-STAB-LONG |
 """
 
@@ -23,8 +24,10 @@ from dataclasses import replace
 
 import numpy as np
 from _numpy import NumpyArrays
+from array_api_compat import array_namespace
 
 import zeros_ref
+from zeros_ref import kernel
 
 
 class Reference(NumpyArrays):
@@ -119,6 +122,20 @@ class CastsState(Reference):
         return super().attention(q, k, v, state=state, **options)
 
 
+class NormalisedKeyLogits(Reference):
+    """The default logits taken from the unit keys instead of the raw keys (spec 3: "of the
+    raw keys k (before normalisation)"). Without "state": only this mistake differs."""
+
+    name = "normalised-key-logits"
+    features = frozenset({"bidirectional", "default_logits"})
+
+    def attention(self, q, k, v, *, logits=None, causal=True, **options):
+        if logits is None:
+            logits = zeros_ref.deviation_logits(kernel.unit(array_namespace(k), k),
+                                                causal=causal)
+        return super().attention(q, k, v, logits=logits, causal=causal, **options)
+
+
 class RestartsEvery8192(Reference):
     """A grid of at most 8192 positions: a longer causal sequence is computed as independent
     segments of 8192 tokens (the later ones forget the prefix, default logits included)."""
@@ -150,4 +167,5 @@ coerces_gates = CoercesGates()
 raises_on_empty = RaisesOnEmpty()
 bidirectional_ignores_state = BidirectionalIgnoresState()
 casts_state = CastsState()
+normalised_key_logits = NormalisedKeyLogits()
 restarts_every_8192 = RestartsEvery8192()
