@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from .._harness import (
     Context,
     Measurement,
@@ -48,7 +50,8 @@ def output_is_of_the_input_kind(ctx: Context) -> Iterator[Measurement]:
 @check("ZS-DTYPE-HALF")
 def half_precision(ctx: Context) -> Iterator[Measurement]:
     """Half dtypes within their tolerance, also with logits spanning 1e3 (which includes being
-    finite: a non-finite output never agrees)."""
+    finite: a non-finite output never agrees) and over 4096 terms of one sign (which a
+    half-precision accumulator does not hold)."""
     halves = [d for d in ctx.dtypes if d in ("float16", "bfloat16")]
     if not halves:
         raise NotApplicable("no half-precision dtype claimed")
@@ -59,3 +62,16 @@ def half_precision(ctx: Context) -> Iterator[Measurement]:
             wide = random_inputs(rng, (2,), 200, 16, 8)
             wide["logits"] = rng.uniform(-500.0, 500.0, size=(2, 200))
             yield agreement(ctx, wide, dtype, causal=causal, logits_span=1e3)
+            yield agreement(ctx, _running_mean(rng, 4096), dtype, causal=causal,
+                            terms="same sign")
+
+
+def _running_mean(rng: np.random.Generator, n: int) -> dict:
+    """Sums of n terms of one sign, which a half-precision accumulator rounds visibly: one
+    direction for every q and k (cos = 1), equal logits and gates (1, 1, 1), so that
+    out_t is the mean of the positive values v_1..v_t."""
+    direction = rng.normal(size=8)
+    inputs = random_inputs(rng, (), n, 8, 4, gates="default")
+    inputs.update(q=np.tile(direction, (n, 1)), k=np.tile(direction, (n, 1)),
+                  v=rng.uniform(0.5, 1.5, size=(n, 4)), logits=np.full(n, 0.5), zero=1.0)
+    return inputs

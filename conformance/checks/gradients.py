@@ -63,4 +63,6 @@ def gradients_match(ctx: Context) -> Iterator[Measurement]:
                     continue
                 error = float(np.max(np.abs(have - want)) / max(np.max(np.abs(want)), 1e-300))
                 yield Measurement(error if np.isfinite(error) else np.inf, TOLERANCE, case,
-                                  quantity="relative gradient error")
+                                  quantity="relative gradient error",
+                                  message=f"gradient with respect to {name}: {error:.3g} of its "
+                                          "largest entry off the central differences")
