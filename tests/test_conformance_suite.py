@@ -128,15 +128,26 @@ def test_pytest_plugin_fails_a_broken_backend(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(["*ZS-DEF-GATES failed*"])
 
 
+def _full_run(tmp_path: Path, backend: str, seed: int) -> None:
+    report = tmp_path / "full.json"
+    code = cli.main(["run", "--backend", backend, "--seed", str(seed), "--report", str(report)])
+    assert code == 0, statuses(json.loads(report.read_text()))
+
+
+@pytest.mark.parametrize("backend", ["reference", "numpy"])
+def test_full_profile_conforms(tmp_path: Path, backend: str) -> None:
+    """The full profile (the sizes a backend is judged by) in the default run, about 30 s
+    each; the torch backend's full run is in tests/test_torch_backend.py."""
+    _full_run(tmp_path, backend, seed=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 6))
 @pytest.mark.parametrize("backend", ["reference", "numpy", "torch"])
 def test_full_runs_are_not_flaky(tmp_path: Path, backend: str, seed: int) -> None:
     if backend == "torch":
         pytest.importorskip("torch", reason="the torch backend needs torch")
-    report = tmp_path / "full.json"
-    code = cli.main(["run", "--backend", backend, "--seed", str(seed), "--report", str(report)])
-    assert code == 0, statuses(json.loads(report.read_text()))
+    _full_run(tmp_path, backend, seed)
 
 
 LAYERS = BACKENDS / "broken_layer.py"
