@@ -1,6 +1,6 @@
 """The NumPy backend agrees with the reference.
 
-The backend (`zeros_backends.numpy_backend`) computes the chunked form in one frame per block
+The backend (`zeros_backends.numpy_backend`) computes the chunked form in one frame per slab
 of tokens and falls back to the reference's per-row step where that frame is not exact; the
 tests check agreement with `zeros_ref.attention` in float64 to 1e-12 of the output scale
 (spec 7.1, stricter than its 1e-10) and that both paths really run. No test asserts a timing.
@@ -22,9 +22,9 @@ from zeros_backends.numpy_backend import logits as numpy_logits
 TIGHT = 1e-12
 """Scale-relative agreement required in float64 (the spec's float64 tolerance is 1e-10)."""
 
-# Small chunks and blocks so that short sequences span several blocks, whole chunks after
-# the blocks and a partial chunk: every kind of span of the backend runs.
-SMALL = NumpyBackend(chunk_size=8, block_chunks=4)
+# Small chunks and slabs so that short sequences span several slabs, whole chunks after
+# the slabs and a partial chunk: every kind of span of the backend runs.
+SMALL = NumpyBackend(chunk_size=8, slab_size=4)
 
 
 def _check(be: NumpyBackend, case: object, *, causal: bool, tolerance: float = TIGHT) -> None:
@@ -71,24 +71,24 @@ def test_narrow_logits_take_only_the_fast_path(rng) -> None:
 
 @pytest.mark.req("ZS-STAB-RANGE")
 def test_spread_limit_keeps_folded_weights_normal(rng) -> None:
-    """A block whose logits spread beyond -log(tiny)/2 while |k| is huge (1/|k| ~ 5e-39).
+    """A slab whose logits spread beyond -log(tiny)/2 while |k| is huge (1/|k| ~ 5e-39).
 
     Nothing overflows, but in one shared frame the folded key factors w_i / |k_i| ~
     exp(-650) / 2e38 would be subnormal for weights that matter, so the spread test must
-    send the block elsewhere.
+    send the slab elsewhere.
     """
     case = draw_case(rng, 64, d=6, dv=5, batch=(2,))
     case.k = rng.normal(size=(2, 64, 6))
     case.k *= 2e38 / np.linalg.norm(case.k, axis=-1, keepdims=True)
     case.logits = rng.normal(size=(2, 64))
     case.logits[:, 40] = 650.0
-    be = NumpyBackend(chunk_size=16, block_chunks=4)
+    be = NumpyBackend(chunk_size=16, slab_size=4)
     _check(be, case, causal=True)
     assert be.last_paths[REFERENCE] == 2 * 16  # the chunk holding the jump, in each row
 
 
-def test_rows_on_different_paths_in_one_block(rng) -> None:
-    """Rows of one block split between the paths (sub-batches taken and merged)."""
+def test_rows_on_different_paths_in_one_slab(rng) -> None:
+    """Rows of one slab split between the paths (sub-batches taken and merged)."""
     case = draw_case(rng, 130, d=6, dv=5, batch=(4,))
     case.logits[1] = rng.uniform(-1e3, 1e3, size=130)  # only row 1 spreads beyond the limit
     _check(SMALL, case, causal=True)
@@ -104,7 +104,7 @@ def test_level_gates_leave_g_out_on_both_paths(rng, workers) -> None:
     case = draw_case(rng, 200, d=6, dv=5, batch=(4,))
     case.gates["higher"] = case.gates["first"]  # per step, (4, 200)
     case.logits[1, 120:] = rng.uniform(-1e3, 1e3, size=80)  # row 1 leaves the fast path
-    be = NumpyBackend(chunk_size=8, block_chunks=4, workers=workers)
+    be = NumpyBackend(chunk_size=8, slab_size=4, workers=workers)
     _check(be, case, causal=True)
     assert be.last_paths[FAST] > 0 and be.last_paths[REFERENCE] > 0, be.last_paths
     _, state = be.attention(case.q, case.k, case.v, return_state=True, **case.kwargs)
@@ -132,7 +132,7 @@ def test_default_logits_in_pieces_and_chunks(rng, monkeypatch, piece) -> None:
 @pytest.mark.parametrize("workers", [1, 3])
 def test_worker_threads_give_the_same_result(rng, workers) -> None:
     case = draw_case(rng, 200, d=6, dv=5, batch=(5,))
-    be = NumpyBackend(chunk_size=8, block_chunks=2, workers=workers)
+    be = NumpyBackend(chunk_size=8, slab_size=2, workers=workers)
     _check(be, case, causal=True)
     _check(be, case, causal=False)
 

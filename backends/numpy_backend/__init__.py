@@ -5,14 +5,14 @@ bidirectional), to the tolerance of spec 7.1. One algorithm, the reference's. Va
 `State`, the default logits and the exact per-row chunk step are the reference's own, taken
 from its public kernel API `zeros_ref.kernel`; this package only re-arranges the chunk step
 so that nearly all of its work is matrix products. Dimension names: R = prod(*B) rows (batch
-and heads), N tokens, C chunk length, L = (chunks per block) * C, D and Dv.
+and heads), N tokens, C chunk length, L = (chunks per slab) * C, D and Dv.
 
 Layout
 ------
 ``__init__``       `NumpyBackend`: validation, flattening, causal and bidirectional dispatch
-``frames``         frame statistics of blocks, and when a frame is exact
-``kernel``         the GEMM chunk form of one block and its per-worker workspace
-``paths``          blocks in sequence; rows on the fast path and on the reference's step
+``frames``         frame statistics of slabs, and when a frame is exact
+``chunk``          the GEMM chunk form of one slab and its per-worker workspace
+``paths``          slabs in sequence; rows on the fast path and on the reference's step
 ``logits``         the default causal logits as prefix sums in chunk products
 ``bidirectional``  the whole-sequence form (spec 4.3)
 ``threads``        row groups and worker threads
@@ -20,14 +20,14 @@ Layout
 Only the names in ``__all__`` here are the backend's interface; the modules' names are
 internal to the package.
 
-The fast variant: one frame per block (spec 4.2, steps 1-6)
+The fast variant: one frame per slab (spec 4.2, steps 1-6)
 ----------------------------------------------------------
 The reference gives every query row t its own frame: exponents relative to its running max
 m_t and the mean logit relative to sbar_t. That makes the C x C weights an elementwise
-formula. Here every row of a block of L tokens (several chunks) shares one frame:
+formula. Here every row of a slab of L tokens (several chunks) shares one frame:
 
-    M     = max(m_prev, max of the block's logits)       (the block's top, >= every m_t)
-    s_ref = s of the block's first key                   (visible to every row of the block)
+    M     = max(m_prev, max of the slab's logits)       (the slab's top, >= every m_t)
+    s_ref = s of the slab's first key                   (visible to every row of the slab)
     w_i   = exp(s_i - M)
     E'_t  = sum_{j <= t} w_j                  (the prefix's E rescaled by exp(m_prev - M))
     a'_t  = gh_t / E'_t,   b_t = (g1_t - gh_t) / t,
@@ -42,19 +42,19 @@ unit directions are folded into the same factors (``qh_t = q_t / |q_t|``):
 
 and a chunk is flash-linear-attention's chunk form: ``out = [P | Qf] @ [V ; S]`` with
 ``P = tril((q k^T) * (A @ Bm))``, A (C, 3) and Bm (3, C) the factors above, S the (3D, Dv)
-state [F; G; H] moved into the block frame, and the state after chunk j
-``S_j = S_{j-1} + Kf_j^T V_j``: GEMMs plus a few elementwise passes (`kernel`). The per-row
-statistics (M, E', sbar, the factors) of all blocks are computed up front, vectorised over
-blocks, with a scan over blocks for the prefix sums (`frames`).
+state [F; G; H] moved into the slab frame, and the state after chunk j
+``S_j = S_{j-1} + Kf_j^T V_j``: GEMMs plus a few elementwise passes (`chunk`). The per-row
+statistics (M, E', sbar, the factors) of all slabs are computed up front, vectorised over
+slabs, with a scan over slabs for the prefix sums (`frames`).
 
-Where b_t = 0 on every row of a block ("level" blocks: first gate = higher gate, as with the
-default gates), G weighs nothing in the block's outputs: its D columns of Qf and D rows of
+Where b_t = 0 on every row of a slab ("level" slabs: first gate = higher gate, as with the
+default gates), G weighs nothing in the slab's outputs: its D columns of Qf and D rows of
 S_j are left out of the chunk products (a quarter of the largest one) and G's update is added
-in one product over the whole block at its end. When every block of a call is level and the
+in one product over the whole slab at its end. When every slab of a call is level and the
 state is not returned, nothing reads G at all, and it is not kept. Factors, features and the
 state in the workspace are kept in the order F, H, G, so that leaving G out is a slice.
 
-Rows of a block the shared frame cannot represent exactly (`frames`, "When the frame is
+Rows of a slab the shared frame cannot represent exactly (`frames`, "When the frame is
 exact") are redone chunk by chunk and, where still needed, by the reference's exact step
 (`paths`).
 
@@ -62,7 +62,7 @@ Speed
 -----
 Leading axes are flattened to one axis of R rows and split between worker threads (NumPy and
 BLAS release the GIL); each worker issues single-threaded BLAS calls on (R/workers, chunks,
-C, .) stacks and reuses its buffers from block to block: working memory is
+C, .) stacks and reuses its buffers from slab to slab: working memory is
 O(R L (C + D + Dv)) plus O(R N) per-token statistics, never N x N or N x D x Dv. float16
 inputs are computed in float32 and rounded once (ZS-DTYPE-HALF).
 """
@@ -80,10 +80,10 @@ from zeros_machine import blas_limitable, cpus
 from zeros_ref.kernel import State, check_call, check_default_logits, deviation_logits
 
 from .bidirectional import bidirectional_rows
+from .chunk import Workspace
 from .frames import Seq, spread_limit
-from .kernel import Workspace
 from .logits import causal_logits
-from .paths import FAST, REFERENCE, causal_blocks
+from .paths import FAST, REFERENCE, causal_slabs
 from .threads import map_groups, row_groups
 
 __all__ = ["FAST", "REFERENCE", "NumpyBackend", "backend", "spread_limit"]
@@ -96,8 +96,8 @@ class NumpyBackend:
     ----------
     chunk_size : int
         C, the length of the chunks whose C x C weights are formed explicitly.
-    block_chunks : int
-        Chunks per block: the tokens (L = block_chunks * C) that share one frame and whose
+    slab_size : int
+        Chunks per slab: the tokens (L = slab_size * C) that share one frame and whose
         products are issued as one batched call.
     workers : int or None
         Worker threads over the flattened batch axis; None uses the CPUs this process may run
@@ -116,10 +116,10 @@ class NumpyBackend:
     features = frozenset({"bidirectional", "state", "default_logits"})
     device = "cpu"
 
-    def __init__(self, *, chunk_size: int = 64, block_chunks: int = 8,
+    def __init__(self, *, chunk_size: int = 64, slab_size: int = 8,
                  workers: int | None = None) -> None:
         self.chunk_size = chunk_size
-        self.block_chunks = block_chunks
+        self.slab_size = slab_size
         self.workers = workers
         self.last_paths: Counter = Counter()
 
@@ -165,7 +165,7 @@ class NumpyBackend:
 
         Notes
         -----
-        The chunked form of spec 4.2 with one frame per block of tokens (package docstring);
+        The chunked form of spec 4.2 with one frame per slab of tokens (package docstring);
         rows the frame cannot represent exactly take the reference's per-row step.
 
         References
@@ -202,9 +202,9 @@ class NumpyBackend:
     # -- causal ---------------------------------------------------------------------------------
 
     def _run(self, fn: Callable[[slice], Any], nrows: int, n: int) -> tuple[list[slice], list]:
-        """``fn`` on row groups of the R rows: one per worker for calls of at least two blocks'
+        """``fn`` on row groups of the R rows: one per worker for calls of at least two slabs'
         worth of row-tokens (with single-threaded BLAS), else one group as it comes."""
-        big = nrows * n >= 2 * self.chunk_size * self.block_chunks
+        big = nrows * n >= 2 * self.chunk_size * self.slab_size
         workers = self.workers or cpus()
         if not big or not blas_limitable():
             workers = 1
@@ -217,11 +217,11 @@ class NumpyBackend:
         return groups, map_groups(quiet, groups, single_blas=big)
 
     def _spans(self, n: int) -> Iterator[tuple[int, int, int, int]]:
-        """(start, stop, L, C) of runs of equal blocks: whole blocks, whole chunks, the rest."""
-        chunk, block = self.chunk_size, self.chunk_size * self.block_chunks
-        whole = n - n % block
+        """(start, stop, L, C) of runs of equal slabs: whole slabs, whole chunks, the rest."""
+        chunk, slab = self.chunk_size, self.chunk_size * self.slab_size
+        whole = n - n % slab
         if whole:
-            yield 0, whole, block, chunk
+            yield 0, whole, slab, chunk
         tail = whole + (n - whole) // chunk * chunk
         if tail > whole:
             yield whole, tail, tail - whole, chunk
@@ -258,9 +258,9 @@ class NumpyBackend:
                     key_sum = key_sum + np.sum(k[group], axis=1)
             seq = Seq(q[group], k[group], v[group], s, *(x[group] for x in gates))
             for p0, p1, length, chunk in self._spans(n):
-                state = causal_blocks(ws, state, seq.span(p0, p1), length, chunk,
+                state = causal_slabs(ws, state, seq.span(p0, p1), length, chunk,
                                       out[group, p0:p1], paths)
-            # A returned state gets copies: the blocks' fields are views of per-call buffers
+            # A returned state gets copies: the slabs' fields are views of per-call buffers
             # whose size grows with N, which it must not keep alive (ZS-ON-STATE).
             keep = np.copy if return_state else (lambda x: x)
             return State(length=state.length, running_max=keep(state.running_max),
@@ -289,11 +289,11 @@ class NumpyBackend:
             s = inp.logits.reshape(nrows, n)
         gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
         out = np.empty((nrows, n, dv), inp.compute_dtype)
-        block = self.chunk_size * self.block_chunks
+        slab = self.chunk_size * self.slab_size
 
         def run_group(group: slice) -> None:
             bidirectional_rows(q[group], k[group], v[group], s[group],
-                               tuple(x[group] for x in gates), out[group], block)
+                               tuple(x[group] for x in gates), out[group], slab)
 
         self._run(run_group, nrows, n)
         return out

@@ -2,7 +2,7 @@
 
 Every row sees every key, so one frame serves all of them: the global max M (E' >= 1,
 nothing can underflow to 0/0) and s_ref = s_0. The state ``S = sum_i Kf_i^T v_i`` is summed
-over blocks of tokens and read as ``out_t = Qf_t S``, both as products.
+over slabs of tokens and read as ``out_t = Qf_t S``, both as products.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def _directions(x: np.ndarray, out: np.ndarray) -> None:
 
 
 def bidirectional_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, s: np.ndarray,
-                       gates: tuple[np.ndarray, ...], out: np.ndarray, block: int) -> None:
+                       gates: tuple[np.ndarray, ...], out: np.ndarray, slab: int) -> None:
     """Whole-sequence state ``S = sum_i Kf_i^T v_i`` (3D, Dv), then ``out_t = Qf_t S``.
 
-    Shapes: q, k (R, N, D); v, out (R, N, Dv); s and gates (R, N); `block` tokens per
+    Shapes: q, k (R, N, D); v, out (R, N, Dv); s and gates (R, N); `slab` tokens per
     product. The frame is the global max M (E >= 1, nothing can underflow to 0/0) and
     s_ref = s_0. Features and state are in `State`'s slot order F, G, H.
     """
@@ -48,16 +48,16 @@ def bidirectional_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, s: np.ndarra
     b = (first - higher) / n
     c_prime = (zero - higher) / n - b * mean[:, None]  # c' = (g0 - gh) / n - b (sbar - s_ref)
     state = np.zeros((nrows, 3 * d, v.shape[-1]), q.dtype)  # [F; G; H] in the frame
-    feat = np.empty((nrows, min(block, n), 3 * d), q.dtype)
-    for p0 in range(0, n, block):
-        p1 = min(p0 + block, n)
+    feat = np.empty((nrows, min(slab, n), 3 * d), q.dtype)
+    for p0 in range(0, n, slab):
+        p1 = min(p0 + slab, n)
         f = feat[:, :p1 - p0]
         _directions(k[:, p0:p1], f[..., part_h])
         np.multiply(f[..., part_h], weights[:, p0:p1, None], out=f[..., part_f])
         np.multiply(f[..., part_h], centred[:, p0:p1, None], out=f[..., part_g])
         state += f.swapaxes(-1, -2) @ v[:, p0:p1]  # (R, 3D, L) @ (R, L, Dv)
-    for p0 in range(0, n, block):
-        p1 = min(p0 + block, n)
+    for p0 in range(0, n, slab):
+        p1 = min(p0 + slab, n)
         f = feat[:, :p1 - p0]
         _directions(q[:, p0:p1], f[..., part_h])
         np.multiply(f[..., part_h], a_prime[:, p0:p1, None], out=f[..., part_f])

@@ -1,15 +1,15 @@
-"""Frame statistics: one frame per block of L tokens, and whether it is exact (spec 4.2 1-3).
+"""Frame statistics: one frame per slab of L tokens, and whether it is exact (spec 4.2 1-3).
 
-Every row of a block shares the frame (M, s_ref) of the package docstring; this module
-computes the per-block and per-token statistics of all blocks of a span at once (vectorised
-over blocks, a scan over blocks for the prefix sums), the factors A and Bm of the rank-3
+Every row of a slab shares the frame (M, s_ref) of the package docstring; this module
+computes the per-slab and per-token statistics of all slabs of a span at once (vectorised
+over slabs, a scan over slabs for the prefix sums), the factors A and Bm of the rank-3
 weights, and the test below of which rows the frame represents exactly.
 
 When the frame is exact
 -----------------------
 Let tiny be the smallest normal number of the compute dtype and ``T = -log(tiny) / 2``
 (43.7 for float32, 354 for float64). Every row's own max obeys
-``m_t >= m_lo = max(m_prev, s_ref)``, so ``E'_t >= exp(m_lo - M)``. A block row takes the fast
+``m_t >= m_lo = max(m_prev, s_ref)``, so ``E'_t >= exp(m_lo - M)``. A slab row takes the fast
 path when
 
 1. the spread ``M - m_lo <= T``: then E'_t >= sqrt(tiny) and a'_t is finite, and a weight
@@ -20,7 +20,7 @@ path when
    direction zero, as in the reference;
 3. ``sum_j max|A_j| max|Bm_j| <= max / 8`` (max the largest finite number), a bound on
    every entry of ``A @ Bm`` (masked ones included), so nothing overflows; and every input
-   of the block is finite (a NaN fails a comparison; for v their sum is tested).
+   of the slab is finite (a NaN fails a comparison; for v their sum is tested).
 
 Weights that underflow have p < tiny^(3/8) and move outputs by less than that times the
 output scale. The b and c' terms are as exact as the reference's because s_ref and sbar_t
@@ -28,10 +28,10 @@ are both visible to row t: |s_i - s_ref| and |sbar_t - s_ref| never exceed the r
 logits row t sees, which is what the tolerance of spec 7.1 scales with (spec 6, item 3). One
 loss is not covered: gates so small (below tiny^(7/8)) that their factors underflow.
 
-Rows of a block that fail are redone chunk by chunk, each chunk with its own frame (M and
+Rows of a slab that fail are redone chunk by chunk, each chunk with its own frame (M and
 s_ref of the chunk), and rows of a chunk that still fail run the reference's exact per-row
 step, `zeros_ref.kernel.causal_step`, which also keeps a NaN or infinity at
-position i out of the outputs before i (ZS-ERR-NONFINITE). Between blocks the state is the
+position i out of the outputs before i (ZS-ERR-NONFINITE). Between slabs the state is the
 reference's `State` in the reference's frame, so the paths interleave freely (`paths`).
 """
 
@@ -45,12 +45,21 @@ import numpy as np
 
 from zeros_ref.kernel import State
 
-__all__ = ["SLOT_F", "SLOT_G", "SLOT_H", "Frame", "Seq", "block_frames", "inverse_norms",
-           "prefix_scan", "spread_limit"]
+__all__ = [
+    "SLOT_F",
+    "SLOT_G",
+    "SLOT_H",
+    "Frame",
+    "Seq",
+    "inverse_norms",
+    "prefix_scan",
+    "slab_frames",
+    "spread_limit",
+]
 
 SLOT_F, SLOT_H, SLOT_G = 0, 1, 2
 """Slots of the state parts in the backend's own order F, H, G (not `State`'s F, G, H): the
-factors of `Frame` and the features and block-frame states of the kernel, so that leaving G
+factors of `Frame` and the features and slab-frame states of `chunk`, so that leaving G
 out is a slice."""
 
 
@@ -91,11 +100,11 @@ class Seq:
 
 
 class Frame(NamedTuple):
-    """Statistics of every row of nb blocks of L tokens, each block in its own frame.
+    """Statistics of every row of nb slabs of L tokens, each slab in its own frame.
 
-    Per block, (R, nb): top M, ref s_ref, decay ``exp(m_prev - M)``, mean_prev
+    Per slab, (R, nb): top M, ref s_ref, decay ``exp(m_prev - M)``, mean_prev
     ``sbar_prev - s_ref``, ok (the row takes the fast path), level (the slope b is 0 on
-    the whole block: g1 = gh). Per token, (R, nb, L): normaliser E'_t, mean
+    the whole slab: g1 = gh). Per token, (R, nb, L): normaliser E'_t, mean
     ``sbar_t - s_ref``. Factors (R, nb, 3, L), in the slots `SLOT_F`, `SLOT_H`, `SLOT_G` of
     the state parts they weight: query ``[a', c', b] / |q|``; key ``[w, 1, s - s_ref] / |k|``.
     """
@@ -111,8 +120,8 @@ class Frame(NamedTuple):
     query: np.ndarray
     key: np.ndarray
 
-    def block(self, j: int) -> Frame:
-        """Block j alone: per-block fields (R,), per-token fields (R, L) or (R, 3, L)."""
+    def slab(self, j: int) -> Frame:
+        """Slab j alone: per-slab fields (R,), per-token fields (R, L) or (R, 3, L)."""
         return Frame(*(x[:, j] for x in self))
 
     def rows(self, idx: np.ndarray) -> Frame:
@@ -138,28 +147,28 @@ def inverse_norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv, usable | vanished
 
 
-def prefix_scan(state: State, ref: np.ndarray, top: np.ndarray, block_sum: np.ndarray,
-                block_mean: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
-    """The prefix of every block in its frame: a scan over blocks on (R,) rows (spec 4.2.3).
+def prefix_scan(state: State, ref: np.ndarray, top: np.ndarray, slab_sum: np.ndarray,
+                slab_mean: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
+    """The prefix of every slab in its frame: a scan over slabs on (R,) rows (spec 4.2.3).
 
-    Shapes: ref, top (R, nb); block_sum (R, nb) ``sum_i w_i`` of the block; block_mean
-    (R, nb) ``sum_i (s_i - s_ref)`` of the block. Returns (R, nb) arrays: m_prev (the
-    block's own first logit for an empty prefix), decay, E'_prev and mean_prev.
+    Shapes: ref, top (R, nb); slab_sum (R, nb) ``sum_i w_i`` of the slab; slab_mean
+    (R, nb) ``sum_i (s_i - s_ref)`` of the slab. Returns (R, nb) arrays: m_prev (the
+    slab's own first logit for an empty prefix), decay, E'_prev and mean_prev.
     """
     m_prev, decay, e_prev, mean_prev = (np.zeros_like(top) for _ in range(4))
     n = state.length
     if n:
         m, e, mean = state.running_max, state.normaliser, state.mean_offset  # mean: sbar - m
-        mean = mean + (m - ref[:, 0])  # sbar - s_ref of block 0
+        mean = mean + (m - ref[:, 0])  # sbar - s_ref of slab 0
     for j in range(top.shape[1]):
         if n:
             m_prev[:, j], decay[:, j] = m, np.exp(m - top[:, j])
             e_prev[:, j], mean_prev[:, j] = e * decay[:, j], mean
         else:
             m_prev[:, j] = ref[:, j]
-        # The state after block j, in its frame; mean moved to the next block's s_ref.
-        m, e = top[:, j], e_prev[:, j] + block_sum[:, j]
-        mean = (n * mean_prev[:, j] + block_mean[:, j]) / (n + length)
+        # The state after slab j, in its frame; mean moved to the next slab's s_ref.
+        m, e = top[:, j], e_prev[:, j] + slab_sum[:, j]
+        mean = (n * mean_prev[:, j] + slab_mean[:, j]) / (n + length)
         if j + 1 < top.shape[1]:
             mean = mean + (ref[:, j] - ref[:, j + 1])
         n += length
@@ -171,23 +180,23 @@ def _max_abs(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.max(x, axis=-1), -np.min(x, axis=-1))
 
 
-def block_frames(state: State, seq: Seq, length: int) -> Frame:
-    """Frames of the nb = n / L blocks of `seq` (R rows, n tokens) that follow `state` (spec
+def slab_frames(state: State, seq: Seq, length: int) -> Frame:
+    """Frames of the nb = n / L slabs of `seq` (R rows, n tokens) that follow `state` (spec
     4.2 steps 1-3). Every field of the result has leading axes (R, nb)."""
     nrows, n = seq.s.shape
     nb = n // length
 
-    def blocks(x: np.ndarray) -> np.ndarray:  # (R, n, ...) -> (R, nb, L, ...)
+    def slabs(x: np.ndarray) -> np.ndarray:  # (R, n, ...) -> (R, nb, L, ...)
         return x.reshape(nrows, nb, length, *x.shape[2:])
 
-    s = blocks(seq.s)  # (R, nb, L)
+    s = slabs(seq.s)  # (R, nb, L)
     t = (state.length + np.arange(1, n + 1, dtype=s.dtype)).reshape(nb, length)  # 1-based
-    # Step 1: each block's top M, a running max over blocks.
+    # Step 1: each slab's top M, a running max over slabs.
     ref = s[..., 0]  # (R, nb)
     top = np.maximum.accumulate(np.max(s, axis=-1), axis=1)  # (R, nb)
     if state.length:
         top = np.maximum(top, state.running_max[:, None])
-    # Steps 2-3: weights, E'_t and sbar_t - s_ref, with the prefix of each block. The key
+    # Steps 2-3: weights, E'_t and sbar_t - s_ref, with the prefix of each slab. The key
     # factors [w, 1, s - s_ref] are written in place and divided by |k| once used.
     key = np.empty((nrows, nb, 3, length), s.dtype)  # (R, nb, 3, L)
     weights, centred = key[:, :, SLOT_F], key[:, :, SLOT_G]
@@ -199,30 +208,30 @@ def block_frames(state: State, seq: Seq, length: int) -> Frame:
     m_prev, decay, e_prev, mean_prev = prefix_scan(
         state, ref, top, normaliser[..., -1], mean[..., -1], length)
     normaliser += e_prev[..., None]
-    count = state.length + length * np.arange(nb)  # (nb,) tokens before each block
+    count = state.length + length * np.arange(nb)  # (nb,) tokens before each slab
     mean += (count * mean_prev)[..., None]
     mean /= t  # sbar_t - s_ref
     # Spec 4.1: coefficients [a', c', b], c' absorbing the move of the mean to s_ref.
     query = np.empty_like(key)  # (R, nb, 3, L)
-    higher = blocks(seq.higher)
+    higher = slabs(seq.higher)
     np.divide(higher, normaliser, out=query[:, :, SLOT_F])  # a'_t = gh_t / E'_t
-    b = np.subtract(blocks(seq.first), higher, out=query[:, :, SLOT_G])
+    b = np.subtract(slabs(seq.first), higher, out=query[:, :, SLOT_G])
     b /= t  # b_t = (g1_t - gh_t) / t
     level = ~b.any(axis=-1)  # (R, nb)
-    c_prime = np.subtract(blocks(seq.zero), higher, out=query[:, :, SLOT_H])
+    c_prime = np.subtract(slabs(seq.zero), higher, out=query[:, :, SLOT_H])
     c_prime /= t
     c_prime -= b * mean  # c'_t = (g0_t - gh_t) / t - b_t (sbar_t - s_ref)
     inv_q, q_ok = inverse_norms(seq.q)
     inv_k, k_ok = inverse_norms(seq.k)
-    query *= blocks(inv_q)[..., None, :]
-    key *= blocks(inv_k)[..., None, :]
-    # Which rows of which blocks the frame represents exactly (module docstring, 1-3).
+    query *= slabs(inv_q)[..., None, :]
+    key *= slabs(inv_k)[..., None, :]
+    # Which rows of which slabs the frame represents exactly (module docstring, 1-3).
     dtype = s.dtype
     ok = top - np.maximum(m_prev, ref) <= spread_limit(dtype)
     bound = np.sum(_max_abs(query) * _max_abs(key), axis=-1)
     ok &= bound <= np.finfo(dtype).max / 8
-    ok &= blocks(q_ok).all(axis=-1) & blocks(k_ok).all(axis=-1)
+    ok &= slabs(q_ok).all(axis=-1) & slabs(k_ok).all(axis=-1)
     # Every v finite: their sum is finite if they are (one that overflows merely sends a
-    # finite block to the exact path).
+    # finite slab to the exact path).
     ok &= np.isfinite(np.sum(seq.v.reshape(nrows, nb, -1), axis=-1))
     return Frame(top, ref, decay, mean_prev, ok, level, normaliser, mean, query, key)

@@ -13,7 +13,7 @@ import numpy as np
 
 from zeros_ref.kernel import State, running_mean_logits
 
-from .kernel import chunked
+from .chunk import chunked
 
 __all__ = ["LOGITS_PIECE", "PREFIX_CHUNK", "causal_logits"]
 

@@ -1,17 +1,17 @@
-"""The fast chunk form of one block: GEMMs in the block's shared frame (spec 4.2 steps 4-6).
+"""The fast chunk form of one slab: GEMMs in the slab's shared frame (spec 4.2 steps 4-6).
 
-With the factors of `frames.block_frames`, a block of L = nc * C tokens is
+With the factors of `frames.slab_frames`, a slab of L = nc * C tokens is
 flash-linear-attention's chunk form (package docstring):
 
     P   = tril((q k^T) * (A @ Bm))                  (R, nc, C, C)
     out = [P | Qf] @ [V ; S_{j-1}]                  (R, nc, C, Dv)
     S_j = S_{j-1} + Kf_j^T V_j                      (R, 3D, Dv) per chunk j
 
-with the state S_0 = [e F, H, G + (sbar - s_ref) H] moved into the block frame. Features
+with the state S_0 = [e F, H, G + (sbar - s_ref) H] moved into the slab frame. Features
 and states are kept in the backend's slot order F, H, G (`frames.SLOT_F` ...), so that a
-level block (b = 0) leaves G out with a slice. Each worker owns a `Workspace`: its buffers
-are reused from block to block and its views (`Buffers`, `ChunkProducts`) are made once per
-shape, as a block issues some fifty NumPy calls.
+level slab (b = 0) leaves G out with a slice. Each worker owns a `Workspace`: its buffers
+are reused from slab to slab and its views (`Buffers`, `ChunkProducts`) are made once per
+shape, as a slab issues some fifty NumPy calls.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from zeros_ref.kernel import State
 
 from .frames import SLOT_F, SLOT_G, SLOT_H, Frame, Seq
 
-__all__ = ["Buffers", "ChunkProducts", "RunningStep", "Workspace", "chunked", "fast_block"]
+__all__ = ["Buffers", "ChunkProducts", "RunningStep", "Workspace", "chunked", "fast_slab",
+           "from_slab_frame", "to_slab_frame"]
 
 
 class RunningStep(NamedTuple):
@@ -39,8 +40,8 @@ class RunningStep(NamedTuple):
 
 
 class ChunkProducts(NamedTuple):
-    """Views for the chunk products of a block over p state parts (p = 3: F, H, G; p = 2:
-    F and H only, for level blocks).
+    """Views for the chunk products of a slab over p state parts (p = 3: F, H, G; p = 2:
+    F and H only, for level slabs).
 
     p_qf : (R, nc, C, C + pD)  X = [P | Qf], the left factor of the outputs.
     v_s : (R, nc, C + pD, Dv)  [V ; S_{j-1}] of chunks 0 .. nc-1, the right factor.
@@ -60,7 +61,7 @@ class Buffers(NamedTuple):
     """One worker's buffers for R rows of nc chunks of C tokens, and views into them.
 
     x : (R, nc, C, C + 3D) holds [P | Qf]; y : (R, nc + 1, C + 3D, Dv) holds [V ; S_j] (slot
-    nc holds only the state after the block); kf : (R, nc, C, 3D) holds Kf; r : (R, nc, C, C)
+    nc holds only the state after the slab); kf : (R, nc, C, 3D) holds Kf; r : (R, nc, C, C)
     the rank-3 weights A @ Bm. Features and states are in the slot order F, H, G.
     ``full`` and ``level`` are the `ChunkProducts` with all three parts and with F and H only.
     The views are made once per shape.
@@ -73,16 +74,16 @@ class Buffers(NamedTuple):
     kg: np.ndarray  # Kf slot SLOT_G (G) transposed  (R, D, L)
     v: np.ndarray  # the V rows of y[:, :nc]  (R, nc, C, Dv)
     s0: np.ndarray  # S_0 = y[:, 0, C:] as (R, 3, D, Dv)
-    end: np.ndarray  # the state after the block, y[:, nc, C:] as (R, 3, D, Dv)
+    end: np.ndarray  # the state after the slab, y[:, nc, C:] as (R, 3, D, Dv)
     full: ChunkProducts
     level: ChunkProducts
 
 
 class Workspace:
-    """Buffers of one worker, reused from block to block (one set per chunk length C), and
-    their views (`Buffers`), made once per shape: a block issues some fifty NumPy calls.
+    """Buffers of one worker, reused from slab to slab (one set per chunk length C), and
+    their views (`Buffers`), made once per shape: a slab issues some fifty NumPy calls.
 
-    `track_g`: whether the state's G is kept. When no block of the call has a slope b != 0
+    `track_g`: whether the state's G is kept. When no slab of the call has a slope b != 0
     and the state is not returned, nothing reads G: it is left out of the work and held at 0
     (harmless where it is read with b = 0, as by the reference's step).
     """
@@ -153,11 +154,11 @@ def _causal_mask(chunk: int, dtype: Any) -> np.ndarray:
     return mask
 
 
-def fast_block(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
+def fast_slab(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
                out: np.ndarray) -> State:
-    """Outputs (written to `out`, (R, L, Dv)) and the state after one block, in its frame.
+    """Outputs (written to `out`, (R, L, Dv)) and the state after one slab, in its frame.
 
-    Shapes: seq arrays (R, L = nc*C, ...); fr one block of `block_frames`; state arrays
+    Shapes: seq arrays (R, L = nc*C, ...); fr one slab of `slab_frames`; state arrays
     (R, ...). Spec 4.2 steps 4-6 as GEMMs (module docstring).
     """
     nrows, length = seq.q.shape[:2]
@@ -180,19 +181,14 @@ def fast_block(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
     coef = fr.query[:, :rank].reshape(nrows, rank, nc, chunk).transpose(0, 2, 3, 1)
     keys = fr.key[:, :rank].reshape(nrows, rank, nc, chunk).transpose(0, 2, 1, 3)
     r = np.matmul(coef, keys, out=buf.r)
-    r *= _causal_mask(chunk, r.dtype)  # every entry of r is finite (`block_frames`)
+    r *= _causal_mask(chunk, r.dtype)  # every entry of r is finite (`slab_frames`)
     np.multiply(buf.p, r, out=buf.p)
-    # Step 5: the prefix state in the block frame, S_0 = [e F, H, G + (sbar - s_ref) H].
+    # Step 5: the prefix state in the slab frame.
     buf.v[...] = chunked(seq.v, nc, chunk)
-    s0 = buf.s0  # (R, 3, D, Dv), slots F, H, G
-    np.multiply(state.kv[:, State.F], fr.decay[:, None, None], out=s0[:, SLOT_F])
-    s0[:, SLOT_H] = state.kv[:, State.H]
-    if track_g:
-        np.multiply(state.kv[:, State.H], fr.mean_prev[:, None, None], out=s0[:, SLOT_G])
-        s0[:, SLOT_G] += state.kv[:, State.G]
+    to_slab_frame(state, fr, track_g, out=buf.s0)
     # Step 6: chunk updates Kf_j^T V_j (one call for all chunks), running sums S_j, then
-    # out = [P | Qf] @ [V ; S_j]; slot nc of y ends as the state after the block. Where
-    # level, G is left out of these and moved to the end of the block in one product (or
+    # out = [P | Qf] @ [V ; S_j]; slot nc of y ends as the state after the slab. Where
+    # level, G is left out of these and moved to the end of the slab in one product (or
     # left out altogether where it is not kept).
     products = buf.level if level else buf.full
     np.matmul(products.kf_t, buf.v, out=products.updates)
@@ -200,9 +196,31 @@ def fast_block(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
         s_j += s_prev
     np.matmul(products.p_qf, products.v_s, out=chunked(out, nc, chunk))
     if level and track_g:
-        np.add(s0[:, SLOT_G], np.matmul(buf.kg, seq.v), out=buf.end[:, SLOT_G])
-    # The state after the block, back in the reference frame (G about the new mean).
-    end = buf.end
+        np.add(buf.s0[:, SLOT_G], np.matmul(buf.kg, seq.v), out=buf.end[:, SLOT_G])
+    return from_slab_frame(buf.end, fr, state, length, track_g)
+
+
+def to_slab_frame(state: State, fr: Frame, track_g: bool, *, out: np.ndarray) -> None:
+    """The portable state (spec 5.1) in the slab's frame and slot order, into `out`.
+
+    ``S_0 = [e F, H, G + (sbar - s_ref) H]`` in slots F, H, G: F (and E) decayed by
+    ``e = exp(m - M)`` to the slab's top M, G moved from the prefix mean to the slab's
+    reference logit s_ref. Shapes: state arrays (R, ...), out (R, 3, D, Dv); G's slot is left
+    as it is unless `track_g`.
+    """
+    np.multiply(state.kv[:, State.F], fr.decay[:, None, None], out=out[:, SLOT_F])
+    out[:, SLOT_H] = state.kv[:, State.H]
+    if track_g:
+        np.multiply(state.kv[:, State.H], fr.mean_prev[:, None, None], out=out[:, SLOT_G])
+        out[:, SLOT_G] += state.kv[:, State.G]
+
+
+def from_slab_frame(end: np.ndarray, fr: Frame, state: State, length: int,
+                    track_g: bool) -> State:
+    """The portable state (spec 5.1) after a slab of `length` tokens, from its sums `end`
+    (R, 3, D, Dv) in the slab's frame and slot order: F and E stay relative to the slab's top
+    M (the running max after it), G moves from s_ref back to the new mean (0 where G is not
+    tracked), and the mean is stored relative to M."""
     kv = np.empty(end.shape, end.dtype)  # (R, 3, D, Dv), State's slots F, G, H
     kv[:, State.F], kv[:, State.H] = end[:, SLOT_F], end[:, SLOT_H]
     if track_g:
