@@ -22,8 +22,7 @@ from conftest import Case, draw_case, stream  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import zeros_ref  # noqa: E402
-from zeros_backends import torch_chunked  # noqa: E402
-from zeros_backends.torch_backend import TorchBackend, backend, cuda_backend  # noqa: E402
+from zeros_backends.torch_backend import TorchBackend, backend, chunked, cuda_backend  # noqa: E402
 from zeros_conformance import (  # noqa: E402
     TOLERANCE,
     cli,
@@ -133,7 +132,7 @@ def test_agrees_with_reference_across_slabs(logits: str, rng: np.random.Generato
     """Several slabs of chunks (the sums, and the key sums of default logits, carried from
     slab to slab), N not a multiple of the chunk, float64."""
     small = TorchBackend("cpu", chunk_size=8)
-    n = 3 * torch_chunked.SLAB * 8 + 5
+    n = 3 * chunked.SLAB * 8 + 5
     case = draw_case(rng, n, d=4, dv=3, batch=(2,), explicit_logits=logits == "explicit")
     (q, k, v), options = tensors(small, case, "float64")
     reference_check(small.attention(q, k, v, **options), rounded(small, case, "float64"),

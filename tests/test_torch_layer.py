@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="the torch backend needs torch")
 
 import zeros_ref  # noqa: E402
 from zeros_backends.torch_backend import backend  # noqa: E402
-from zeros_backends.torch_layer import ZeroSAttention, from_params, to_params  # noqa: E402
+from zeros_backends.torch_backend.layer import ZeroSAttention, from_params, to_params  # noqa: E402
 
 
 @pytest.mark.req("ZS-LAYER-REFERENCE")
@@ -78,7 +78,7 @@ def test_gradients_of_every_parameter_match_central_differences(causal: bool, ro
 def test_docstring_example_runs() -> None:
     import doctest
 
-    from zeros_backends import torch_layer
+    from zeros_backends.torch_backend import layer
 
-    failed, tried = doctest.testmod(torch_layer, verbose=False)
+    failed, tried = doctest.testmod(layer, verbose=False)
     assert (failed, tried >= 2) == (0, True)

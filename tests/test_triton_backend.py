@@ -34,8 +34,7 @@ if not CUDA:
 from conftest import Case, assert_close, definition_scale, draw_case, stream  # noqa: E402
 
 import zeros_ref  # noqa: E402
-from zeros_backends import torch_chunked  # noqa: E402
-from zeros_backends.torch_backend import TorchBackend  # noqa: E402
+from zeros_backends.torch_backend import TorchBackend, chunked  # noqa: E402
 from zeros_backends.triton_backend import CHUNK_SIZE, TritonBackend, chunk  # noqa: E402
 from zeros_conformance import TOLERANCE, registry  # noqa: E402
 from zeros_ref import kernel  # noqa: E402
@@ -147,13 +146,13 @@ def test_logits_spanning_1e4(offset: float, rng: np.random.Generator) -> None:
 
 
 def _chunked(form: Any, case: Case, state: kernel.State | None, chunk_size: int) -> tuple:
-    """`torch_chunked.attention` of float32 `case` (and a state) with `form`."""
+    """`chunked.attention` of float32 `case` (and a state) with `form`."""
     q, k, v = (backend.from_numpy(x, "float32") for x in (case.q, case.k, case.v))
     options = {name: x if isinstance(x, float) or x is None else backend.from_numpy(x, "float32")
                for name, x in case.kwargs.items()}
     inp, start = kernel.check_call(q, k, v, causal=True, state=state, return_state=True,
                                    **{"logits": None, **options})
-    return torch_chunked.attention(inp, start, causal=True, chunk=chunk_size,
+    return chunked.attention(inp, start, causal=True, chunk=chunk_size,
                                    return_state=True, form=form)
 
 
@@ -163,7 +162,7 @@ def test_kernels_equal_the_torch_form(tiles: tuple | None, rng: np.random.Genera
     whole-D tiles and with the GPU's tiling of D and Dv (several tiles, masked edges)."""
     config = None if tiles is None else chunk.Config(*tiles)
 
-    def form(c: torch_chunked.Chunks, s: torch_chunked.Sums) -> tuple:
+    def form(c: chunked.Chunks, s: chunked.Sums) -> tuple:
         return chunk.forward(c, s, config)
 
     prefix, case = draw_case(rng, 40, d=40, dv=24), draw_case(rng, 75, d=40, dv=24)

@@ -2,7 +2,7 @@
 Triton kernels, everything around it the torch backend's.
 
 It must equal the reference form, `zeros_ref.attention`, to the tolerance of spec 7.1. The
-torch chunk-parallel form (`zeros_backends.torch_chunked`) computes the frames, the default
+torch chunk-parallel form (`zeros_backends.torch_backend.chunked`) computes the frames, the default
 logits, the non-finite handling and the `State`, and hands the chunks of a causal call to a
 `Form`; this backend passes its own, `autograd.form`, which runs the kernels of `chunk`
 (float32 accumulation). What stays on the torch path:
@@ -36,8 +36,7 @@ from typing import Any
 
 import torch
 
-from zeros_backends import torch_chunked
-from zeros_backends.torch_backend import TorchBackend
+from zeros_backends.torch_backend import TorchBackend, chunked
 from zeros_ref import kernel
 
 __all__ = ["CHUNK_SIZE", "TritonBackend", "backend", "interpreting"]
@@ -110,7 +109,7 @@ class TritonBackend(TorchBackend):
                                "they were imported), which runs them on CPU tensors")
         return autograd.form
 
-    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> torch_chunked.Form | None:
+    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> chunked.Form | None:
         """The kernels for the causal chunks of float16, bfloat16 and float32 calls (computed
         in float32); None (the torch form) for float64 and bidirectional calls."""
         if not causal or inp.compute_dtype != torch.float32:

@@ -2,7 +2,7 @@
 and whose backward recomputes the chunks with the torch form under autograd.
 
 The backward is a first step (issue 15 allows it): it costs a torch forward and backward of
-`zeros_backends.torch_chunked.slabs` on the same `Chunks`, so gradients equal the torch
+`zeros_backends.torch_backend.chunked.slabs` on the same `Chunks`, so gradients equal the torch
 backend's (ZS-GRAD) while the forward pass is the kernels'. A backward kernel is future work.
 The Function keeps the `Chunks` for its backward (about the inputs' size in float32) and is
 differentiable once.
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from zeros_backends import torch_chunked
-from zeros_backends.torch_chunked import Chunks, Sums
+from zeros_backends.torch_backend import chunked
+from zeros_backends.torch_backend.chunked import Chunks, Sums
 
 from . import chunk
 
@@ -42,7 +42,7 @@ class _ChunkedForm(torch.autograd.Function):
         wanted = ctx.needs_input_grad[1:]  # not the precision
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, wanted)]
-            out, after = torch_chunked.slabs(Chunks(*leaves[:_FIELDS]), Sums(*leaves[_FIELDS:]))
+            out, after = chunked.slabs(Chunks(*leaves[:_FIELDS]), Sums(*leaves[_FIELDS:]))
             pairs = [(y, dy) for y, dy in zip((out, *after), cotangents)
                      if dy is not None and y.requires_grad]
             inputs = [x for x, need in zip(leaves, wanted) if need]
@@ -54,7 +54,7 @@ class _ChunkedForm(torch.autograd.Function):
 
 
 def form(chunks: Chunks, sums: Sums, *, precision: str = "ieee") -> tuple[torch.Tensor, Sums]:
-    """The Triton backend's `torch_chunked.Form` (with `precision` bound, see
+    """The Triton backend's `chunked.Form` (with `precision` bound, see
     `chunk.forward`): the kernels, differentiable in every tensor of `chunks` and `sums` (the
     backward recomputes with the torch form)."""
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in (*chunks, *sums)):

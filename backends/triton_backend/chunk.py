@@ -1,5 +1,5 @@
 """The Triton kernels of the chunked causal form (spec 4.2), behind the `Form` seam of
-`zeros_backends.torch_chunked`.
+`zeros_backends.torch_backend.chunked`.
 
 Two kernels, in the structure of flash-linear-attention's chunked kernels:
 
@@ -23,7 +23,7 @@ float32 inputs and at TF32 for float16 and bfloat16 ones (`forward`'s ``precisio
 ``TRITON_INTERPRET=1`` they run on CPU tensors, one fixed configuration (the interpreter
 cannot autotune); on CUDA with the tiles of `Config.for_device`.
 
-Shapes: R rows, nc chunks of C tokens, D and Dv (see `zeros_backends.torch_chunked.Chunks`).
+Shapes: R rows, nc chunks of C tokens, D and Dv (see `zeros_backends.torch_backend.chunked.Chunks`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from zeros_backends.torch_chunked import Chunks, Sums
+from zeros_backends.torch_backend.chunked import Chunks, Sums
 
 __all__ = ["INTERPRETED", "PRECISIONS", "Config", "forward"]
 

@@ -11,7 +11,7 @@ operations and no data-dependent branches:
 - **Scans.** The first-order sum is kept relative to s_ref, a logit every row of the call sees
   (the first one, or the state's running max), which makes G' and H plain cumulative sums over
   the chunk updates. Only F and E decay, ``S_c = exp(M_{c-1} - M_c) S_{c-1} + U_c``. The
-  chunks are taken a slab at a time (`torch_slab.slab`; `slab_size` chunks, at most
+  chunks are taken a slab at a time (`slab.slab`; `slab_size` chunks, at most
   `SLAB_TRAINING` with autograd): inside a slab every chunk at once (a decay matrix with
   exponents <= 0 for F and E), between slabs a carry, so the work is linear in N and a call
   dispatches a few hundred operations per slab, most of them views. With autograd each slab
@@ -40,7 +40,7 @@ import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-from .torch_slab import Chunks, Sums, broken, directions, peak, slab
+from .slab import Chunks, Sums, broken, directions, peak, slab
 
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "peak", "slabs"]
 

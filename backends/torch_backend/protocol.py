@@ -1,7 +1,7 @@
 """The PyTorch backends (entry points ``torch`` and ``torch-cuda``).
 
 Validation, the `State` of section 5 and the semantics are the reference's (`zeros_ref.kernel`
-and `zeros_ref.layer`); the computation is `torch_chunked`, the chunk-parallel form of spec 4.2
+and `zeros_ref.layer`); the computation is `chunked`, the chunk-parallel form of spec 4.2
 and 4.3 arranged for a device: every chunk of a slab at once, no branch on tensor data and no
 host sync in the forward or backward pass (1,734 dispatched operations, most of them views, at
 N = 65536 with C = 256 and 32 chunks a slab, counted on CPU tensors; the reference's chunk
@@ -16,7 +16,7 @@ loop took about 46,000 and 768 syncs). What this module adds:
 - ``torch.compile(fullgraph=True)`` of forward and backward without graph breaks;
 - on CUDA, the peak of the caching allocator as the memory measure of ZS-ON-MEMORY (the
   process's resident size does not see device memory);
-- `layer`, the whole layer of section 13 with this backend's core (see `torch_layer` for the
+- `layer`, the whole layer of section 13 with this backend's core (see `layer` for the
   `nn.Module`).
 """
 
@@ -31,7 +31,7 @@ import torch
 import zeros_ref
 from zeros_ref import kernel
 
-from . import torch_chunked
+from . import chunked
 
 __all__ = ["CHUNK_SIZE", "SLAB_SIZE", "TorchBackend", "backend", "cuda_backend"]
 
@@ -146,13 +146,13 @@ class TorchBackend:
         inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
                                        zero=zero, causal=causal, state=state,
                                        return_state=return_state)
-        out, end = torch_chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
+        out, end = chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
                                            slab_size=self.slab_size, return_state=return_state,
                                            form=self._chunk_form(inp, causal))
         return (out, end) if return_state else out
 
-    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> torch_chunked.Form | None:
-        """The form that computes this call's causal chunks: None, `torch_chunked`'s own (a
+    def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> chunked.Form | None:
+        """The form that computes this call's causal chunks: None, `chunked`'s own (a
         subclass with kernels of its own returns theirs)."""
         return None
 

@@ -20,7 +20,7 @@ from torch import nn
 
 import zeros_ref
 
-from .torch_backend import TorchBackend
+from .protocol import TorchBackend
 
 __all__ = ["ZeroSAttention", "from_params", "to_params"]
 

@@ -1,4 +1,4 @@
-"""One slab of chunks of the chunk-parallel torch form (`torch_chunked`): spec 4.2 steps 2-6
+"""One slab of chunks of the chunk-parallel torch form (`chunked`): spec 4.2 steps 2-6
 for S consecutive chunks at once, given the sums before the slab.
 
 Shapes: R rows, S chunks of C tokens, D and Dv. Everything here is a product or an
