@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from array_api_compat import device
@@ -10,6 +11,7 @@ from ._chunked import run
 from ._quiet import quietly
 from ._state import State
 from ._validate import Inputs, check_causal, check_inputs
+from ._varlen import check_cu_seqlens, empty_states, run_packed
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "attention", "check_call"]
 
@@ -20,14 +22,27 @@ DEFAULT_CHUNK_SIZE = 64
 def _check_state(state: Any, inp: Inputs) -> State:
     xp, batch = inp.xp, inp.batch
     d, dv = inp.q.shape[-1], inp.v.shape[-1]
+    count = None if inp.offsets is None else len(inp.offsets) - 1  # S of a packed call
     if state is None:
+        if count is not None:
+            return empty_states(inp, count)
         return State.empty(xp, batch, d, dv, dtype=inp.compute_dtype, device=device(inp.q))
     if not isinstance(state, State):
         raise TypeError(f"`state` must be a zeros_ref.State; got {type(state).__name__}")
-    expected = (*batch, 3, d, dv)
+    if count is None and state.packed:
+        raise ValueError(f"`state` holds the states of {len(state.length)} packed sequences; "
+                         "pass the `cu_seqlens` it was made for")
+    if count is not None and not state.packed:
+        raise ValueError("`state` holds one state per row, but a packed call (cu_seqlens) "
+                         "needs one per sequence, with leading axes (S, *B)")
+    if count is not None and len(state.length) != count:
+        raise ValueError(f"`state` holds the states of {len(state.length)} sequences but "
+                         f"`cu_seqlens` gives {count}")
+    expected = (*batch, 3, d, dv) if count is None else (count, *batch, 3, d, dv)
+    layout = "(*B, 3, D, Dv)" if count is None else "(S, *B, 3, D, Dv)"
     if tuple(state.kv.shape) != expected:
         raise ValueError(
-            f"`state` was made for shape {tuple(state.kv.shape)} (*B, 3, D, Dv) but these "
+            f"`state` was made for shape {tuple(state.kv.shape)} {layout} but these "
             f"inputs need {expected}"
         )
     if state.kv.dtype != inp.compute_dtype:
@@ -50,14 +65,19 @@ def check_call(
     causal: Any,
     state: Any,
     return_state: Any,
+    cu_seqlens: Any = None,
 ) -> tuple[Inputs, State]:
     """Validate the arguments of `attention` (spec section 8); backends call it too, so that
     they raise the same errors with the same messages.
 
-    Returns the validated inputs (broadcast, in the compute dtype) and the starting state: the
-    given one, or the empty state of the inputs' batch, D, Dv and compute dtype.
+    Returns the validated inputs (broadcast, in the compute dtype; ``inp.offsets`` holds the
+    sequence boundaries of a packed call) and the starting state: the given one, or the empty
+    state of the inputs' batch, D, Dv and compute dtype (one per sequence when packed).
     """
     inp = check_inputs(q, k, v, logits, first, higher, zero)
+    if cu_seqlens is not None:
+        offsets = check_cu_seqlens(inp.xp, cu_seqlens, inp.n, device(inp.q))
+        inp = replace(inp, offsets=offsets)
     check_causal(causal)
     if not causal and (state is not None or return_state):
         raise ValueError("`state` and `return_state` need causal=True: only a causal prefix "
@@ -78,6 +98,7 @@ def attention(
     causal: bool = True,
     state: State | None = None,
     return_state: bool = False,
+    cu_seqlens: Any = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Any:
     """ZeroS attention in O(N) time and O(C^2 + D Dv) working memory per head.
@@ -96,9 +117,14 @@ def attention(
     causal : bool
         Causal (prefix) weights if True, bidirectional (whole sequence) if False.
     state : State or None
-        State returned by an earlier call on the preceding part of the sequence (causal only).
+        State returned by an earlier call on the preceding part of the sequence (causal only);
+        in a packed call, one per sequence (leading axes (S, *B)).
     return_state : bool
         Also return the state after this input (causal only).
+    cu_seqlens : (S + 1,) integer array or None
+        Offsets ``0 = o_0 <= ... <= o_S = N`` of S sequences packed along the time axis of
+        every row (spec 5.2): tokens ``o_j .. o_{j+1} - 1`` are attended to as a sequence of
+        their own. An array of the inputs' library and device.
     chunk_size : int >= 1
         Chunk length C; affects speed and rounding only.
 
@@ -128,9 +154,14 @@ def attention(
     (2, 5, 4)
     """
     inp, start = check_call(q, k, v, logits=logits, first=first, higher=higher, zero=zero,
-                            causal=causal, state=state, return_state=return_state)
+                            causal=causal, state=state, return_state=return_state,
+                            cu_seqlens=cu_seqlens)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be an integer >= 1; got {chunk_size!r}")
-    out, end = run(inp.xp, inp, start, causal=causal, chunk_size=chunk_size)
+
+    def step(one: Inputs, st: State) -> tuple[Any, State]:
+        return run(inp.xp, one, st, causal=causal, chunk_size=chunk_size)
+
+    out, end = step(inp, start) if inp.offsets is None else run_packed(inp, start, step)
     out = inp.xp.astype(out, inp.dtype, copy=False)
     return (out, end) if return_state else out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any, Literal
 
 import array_api_compat
@@ -22,6 +23,7 @@ from ._quiet import quietly
 from ._rope import rope as rotate
 from ._state import State
 from ._validate import check_causal, namespace_of
+from ._varlen import check_cu_seqlens
 
 __all__ = ["LayerState", "layer"]
 
@@ -47,8 +49,18 @@ class LayerState:
     u_sum: Any
 
     @property
-    def length(self) -> int:
+    def length(self) -> int | tuple[int, ...]:
         return self.core.length
+
+    @classmethod
+    def stack(cls, xp: Any, states: list[LayerState]) -> LayerState:
+        """The packed state of the sequences' `states` (spec 5.2): leading axes (S, *B)."""
+        return cls(core=State.stack(xp, [st.core for st in states]),
+                   u_sum=xp.stack([st.u_sum for st in states]))
+
+    def sequence(self, j: int) -> LayerState:
+        """The state of sequence j of a packed state."""
+        return LayerState(core=self.core.sequence(j), u_sum=self.u_sum[j, ...])
 
 
 def _check_params(
@@ -110,6 +122,31 @@ def _check_overflow(xp: Any, x: Any, params: dict[str, Any], out: Any) -> None:
     )
 
 
+def _packed(xp: Any, x: Any, params: Mapping[str, Any], offsets: tuple[int, ...],
+            state: LayerState | None, return_state: bool, options: dict[str, Any]) -> Any:
+    """The layer on each packed sequence alone (spec 5.2): outputs concatenated along the
+    time axis, states stacked on a new leading axis."""
+    count = len(offsets) - 1
+    if state is not None and not (state.core.packed and len(state.length) == count):
+        raise ValueError(f"`state` must hold one state per sequence of `cu_seqlens` ({count}); "
+                         f"got {'one per row' if not state.core.packed else len(state.length)}")
+    outputs, states = [], []
+    for j, (a, b) in enumerate(pairwise(offsets)):
+        result = layer(x[..., a:b, :], params, **options, return_state=return_state,
+                       state=None if state is None else state.sequence(j))
+        out, end = result if return_state else (result, None)
+        outputs.append(out)
+        states.append(end)
+    if not outputs:  # S = 0, hence T = 0: an empty output, and a packed state of no rows
+        out, end = layer(x, params, **options, return_state=True)
+        one = LayerState.stack(xp, [end])
+        empty = LayerState(core=replace(one.core.rows(slice(0, 0)), length=()),
+                           u_sum=one.u_sum[:0, ...])
+        return (out, empty) if return_state else out
+    out = xp.concat(outputs, axis=-2)
+    return (out, LayerState.stack(xp, states)) if return_state else out
+
+
 def _sigmoid(xp: Any, x: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * x))  # no overflow for any finite x
 
@@ -127,6 +164,7 @@ def layer(
     state: LayerState | None = None,
     return_state: bool = False,
     attention: Callable[..., Any] | None = None,
+    cu_seqlens: Any = None,
 ) -> Any:
     """The ZeroS attention layer (spec section 13, ZS-LAYER-REFERENCE).
 
@@ -147,6 +185,10 @@ def layer(
     attention : the core, ``attention(q, k, v, *, logits, first, higher, zero, causal,
         state, return_state)`` per head; `zeros_ref.attention` by default. A backend passes
         its own to reuse this glue around its kernel.
+    cu_seqlens : (S + 1,) integer array or None
+        Offsets of S sequences packed along the time axis (spec 5.2, ZS-LAYER-VARLEN): RoPE
+        positions, prior means and the core restart at each; `state` then holds one state
+        per sequence.
 
     Returns
     -------
@@ -182,6 +224,14 @@ def layer(
         raise ValueError("`state` and `return_state` need causal=True")
     if state is not None and not isinstance(state, LayerState):
         raise TypeError(f"`state` must be a zeros_ref.LayerState; got {type(state).__name__}")
+    if cu_seqlens is not None:
+        offsets = check_cu_seqlens(xp, cu_seqlens, n, array_api_compat.device(x))
+        options = {"heads": heads, "causal": causal, "first_layer": first_layer, "rope": rope,
+                   "norm": norm, "attention": attention}
+        return _packed(xp, x, params, offsets, state, return_state, options)
+    if state is not None and state.core.packed:
+        raise ValueError("`state` holds the states of packed sequences; pass the "
+                         "`cu_seqlens` it was made for")
     if state is not None and tuple(state.u_sum.shape) != (*batch, heads, d):
         raise ValueError(f"`state` was made for (*B, H, d) = {tuple(state.u_sum.shape)} but "
                          f"these inputs need {(*batch, heads, d)}")

@@ -29,10 +29,13 @@ class State:
     Backends build a state with keywords (``State(length=..., running_max=..., ...)``) and
     address the sums by slot (``kv[..., State.G, :, :]``), never by position.
 
+    A packed call (spec 5.2) takes and returns one state per sequence: the arrays have the
+    leading axes (S, *B) and `length` holds the n of each sequence (`sequence`, `stack`).
+
     Attributes
     ----------
-    length : int
-        n, the number of tokens absorbed.
+    length : int, or tuple of int for a packed state
+        n, the number of tokens absorbed (of each sequence).
     running_max : (*B,) array
         m, the largest logit of the prefix (meaningless while ``length == 0``).
     mean_offset : (*B,) array
@@ -50,7 +53,7 @@ class State:
     G: ClassVar[int] = 1
     H: ClassVar[int] = 2
 
-    length: int
+    length: int | tuple[int, ...]
     running_max: Any
     mean_offset: Any
     normaliser: Any
@@ -68,6 +71,25 @@ class State:
 
         return cls(length=0, running_max=zeros(), mean_offset=zeros(), normaliser=zeros(),
                    kv=zeros(3, d, dv), key_sum=zeros(d))
+
+    @classmethod
+    def stack(cls, xp: Any, states: Sequence[State]) -> State:
+        """The packed state of the sequences' `states` (each of leading axes *B): arrays of
+        leading axes (S, *B), the lengths as a tuple (spec 5.2)."""
+        return cls(length=tuple(int(st.length) for st in states),
+                   **{f.name: xp.stack([getattr(st, f.name) for st in states])
+                      for f in fields(cls) if f.name != "length"})
+
+    @property
+    def packed(self) -> bool:
+        """Whether this is the state of a packed call: one state per sequence."""
+        return isinstance(self.length, tuple)
+
+    def sequence(self, j: int) -> State:
+        """The state of sequence j of a packed state (leading axes *B)."""
+        return State(length=self.length[j],
+                     **{f.name: getattr(self, f.name)[j, ...]
+                        for f in fields(self) if f.name != "length"})
 
     def _map(self, function: Any) -> State:
         """The state with `function(array, trailing axes)` applied to every array field."""

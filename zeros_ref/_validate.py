@@ -78,6 +78,9 @@ class Inputs:
     compute_dtype : dtype
         The dtype the algorithm runs in: float32 for half-precision inputs, otherwise the
         input dtype.
+    offsets : tuple of int or None
+        For a packed call (spec 5.2), the sequence boundaries ``0 = o_0 <= ... <= o_S = N``
+        read from `cu_seqlens`; None for one sequence per row.
     """
 
     xp: Any
@@ -90,6 +93,7 @@ class Inputs:
     zero: Any
     dtype: Any
     compute_dtype: Any
+    offsets: tuple[int, ...] | None = None
 
     @property
     def batch(self) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ This module is the definition written out, used to check the O(N) form. It mater
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from array_api_compat import device
@@ -13,7 +14,8 @@ from array_api_compat import device
 from ._directions import unit
 from ._logits import check_default_logits, deviation_logits
 from ._quiet import quietly
-from ._validate import check_causal, check_inputs, check_logits
+from ._validate import Inputs, check_causal, check_inputs, check_logits
+from ._varlen import check_cu_seqlens, sequence_inputs
 
 __all__ = ["explicit_attention", "weights"]
 
@@ -87,11 +89,13 @@ def explicit_attention(
     higher: Any = 1.0,
     zero: Any = 0.0,
     causal: bool = True,
+    cu_seqlens: Any = None,
 ) -> Any:
     """ZeroS attention by its definition, in O(N^2) time and memory (ZS-DEF-WEIGHTS).
 
     ``out_t = sum_i r[t, i] cos(q_t, k_i) v_i``. Same arguments and result as `attention`
-    (without streaming); for checking the O(N) form on small inputs.
+    (without streaming); for checking the O(N) form on small inputs. With `cu_seqlens`
+    (spec 5.2), each packed sequence is its own slice, computed alone.
 
     Examples
     --------
@@ -105,10 +109,22 @@ def explicit_attention(
     inp = check_inputs(q, k, v, logits, first, higher, zero)
     check_causal(causal)
     xp = inp.xp
+    if cu_seqlens is not None:
+        offsets = check_cu_seqlens(xp, cu_seqlens, inp.n, device(inp.q))
+        outputs = [_explicit(sequence_inputs(inp, a, b), causal)
+                   for a, b in pairwise(offsets)]
+        out = xp.concat(outputs, axis=-2) if outputs else inp.v[..., :0, :]
+        return xp.astype(out, inp.dtype, copy=False)
+    return xp.astype(_explicit(inp, causal), inp.dtype, copy=False)
+
+
+def _explicit(inp: Inputs, causal: bool) -> Any:
+    """The definition on validated inputs, in the compute dtype (*B, N, Dv)."""
+    xp = inp.xp
     s = inp.logits
     if s is None:
         s = deviation_logits(inp.k, causal=causal)  # (..., N), ZS-LOG-DEFAULT
         check_default_logits(xp, s, inp.k)
     r = _weights(xp, s, inp.first, inp.higher, inp.zero, causal)  # (..., N, N)
     cos = unit(xp, inp.q) @ xp.matrix_transpose(unit(xp, inp.k))  # (..., N, N)
-    return xp.astype((r * cos) @ inp.v, inp.dtype, copy=False)
+    return (r * cos) @ inp.v
