@@ -1,17 +1,20 @@
-"""The README's promises: two Quickstart lines, a usage example that runs, and an example
-backend file that passes the quick conformance run."""
+"""The README's promises: two Quickstart lines, a usage example that runs, an example backend
+file that passes the quick conformance run, and a backend table that is the registry's."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from zeros_conformance import cli, load_requirements
+from zeros_conformance import cli, registry
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+BACKEND_ROW = re.compile(
+    r"^\| `([a-z-]+)` \| `([\w.]+:\w+)` \| ([\w, ]+) \| ([\w, ]+) \| (.+) \|$", re.M
+)
 
 
 def blocks(language: str) -> list[str]:
@@ -28,9 +31,13 @@ def test_quickstart_has_two_commands_and_ci_runs_the_test_one() -> None:
     assert lines[1] in ci
 
 
+def test_readme_says_how_to_run_the_slow_tests() -> None:
+    assert "python -m pytest -m slow" in README
+
+
 def test_usage_example_runs() -> None:
     namespace: dict = {}
-    exec(blocks("python")[0], namespace)
+    exec(next(b for b in blocks("python") if "return_state=True" in b), namespace)
     whole = namespace["zeros_ref"].attention(
         namespace["q"], namespace["k"], namespace["v"], logits=namespace["s"],
         first=namespace["g1"], higher=namespace["gh"])
@@ -45,28 +52,39 @@ def test_example_backend_conforms(tmp_path: Path) -> None:
     assert cli.main(["run", "--backend", f"{path}:backend", "--quick"]) == 0
 
 
-def test_requirements_table_is_the_specs() -> None:
-    rows = re.findall(r"^\| (ZS-[A-Z0-9-]+) \| (MUST|SHOULD) \| ([a-z_]+) \| (.+) \|$", README,
-                      re.M)
-    assert rows == [(r.id, r.level, r.feature, r.title) for r in load_requirements()]
+def backend_table_problems(text: str) -> list[str]:
+    """How the backend table of `text` differs from the registry: one row per registered
+    backend, in any order, with its entry point, and the dtypes and features of the object it
+    loads (where it loads: torch and Triton are optional)."""
+    rows = {row[0]: row[1:] for row in BACKEND_ROW.findall(text)}
+    points = {ep.name: ep for ep in importlib.metadata.entry_points(group=registry.GROUP)}
+    problems = [f"{name}: not in the table" for name in sorted(set(points) - set(rows))]
+    problems += [f"{name}: not registered" for name in sorted(set(rows) - set(points))]
+    for name, (target, dtypes, features, _) in sorted(rows.items()):
+        if name not in points:
+            continue
+        if target != points[name].value:
+            problems.append(f"{name}: entry point {target}, registered {points[name].value}")
+        try:
+            backend = points[name].load()
+        except ImportError:
+            continue
+        if dtypes.split(", ") != list(backend.dtypes):
+            problems.append(f"{name}: dtypes {dtypes}, claimed {backend.dtypes}")
+        if set(features.split(", ")) != set(backend.features):
+            problems.append(f"{name}: features {features}, claimed {sorted(backend.features)}")
+    return problems
 
 
-def test_kernel_example_raises_the_references_errors() -> None:
-    example = next(b for b in blocks("python") if "kernel.check_call" in b)
-    namespace: dict = {}
-    exec(example, namespace)
-    q = k = v = np.ones((2, 5, 4))
-    with pytest.raises(ValueError, match="`k` must have the same last axis as `q`"):
-        namespace["attention"](q, k[..., :3], v)
-    assert namespace["attention"](q, k, v) is None  # the body is the reader's to write
+def test_backend_table_is_the_registrys() -> None:
+    assert backend_table_problems(README) == []
 
 
-def test_layer_examples_run() -> None:
-    layer_block = next(b for b in blocks("python") if "zeros_ref.layer(" in b)
-    namespace: dict = {}
-    exec(layer_block, namespace)
-    assert namespace["expected"].shape == (2, 128, 64)
-    pytest.importorskip("torch", reason="the module needs torch")
-    module_block = next(b for b in blocks("python") if "ZeroSAttention(" in b)
-    exec(module_block, namespace)
-    assert list(namespace["same"].state_dict()) == list(namespace["params"])
+def test_a_wrong_backend_table_is_caught() -> None:
+    numpy_row = next(line for line in README.splitlines() if line.startswith("| `numpy` |"))
+    cupy_row = next(line for line in README.splitlines() if line.startswith("| `cupy` |"))
+    wrong = README.replace(numpy_row, numpy_row.replace("float16, ", "", 1)).replace(
+        cupy_row, "")
+    problems = backend_table_problems(wrong)
+    assert problems[0] == "cupy: not in the table"
+    assert problems[1].startswith("numpy: dtypes float32, float64")
