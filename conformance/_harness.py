@@ -16,8 +16,8 @@ import numpy as np
 
 import zeros_ref
 
+from . import protocol
 from ._compare import TOLERANCE, Comparison, compare, output_scale
-from .protocol import claimed_features, usable_dtypes
 
 __all__ = [
     "CHECKS",
@@ -95,8 +95,8 @@ class Context:
     """The arguments of the latest `attention` call, reported when a backend raises."""
 
     def __post_init__(self) -> None:
-        self.dtypes = self.dtypes or usable_dtypes(self.backend)
-        self.features = self.features or claimed_features(self.backend)
+        self.dtypes = self.dtypes or protocol.usable_dtypes(self.backend)
+        self.features = self.features or protocol.features(self.backend)
 
     def attention(self, q: Any, k: Any, v: Any, **options: Any) -> Any:
         """The backend's `attention`, remembering the call's shapes, dtypes and options."""

@@ -8,6 +8,7 @@ from typing import Any
 import zeros_machine
 from zeros_ref import __version__ as reference_version
 
+from . import protocol
 from ._harness import Context, Measurement
 from .requirements import spec_version
 from .runner import Outcome, exit_code
@@ -56,8 +57,8 @@ def to_json(
         "suite_version": SUITE_VERSION,
         "spec_version": spec_version(),
         "reference_version": reference_version,
-        "backend": {"name": getattr(backend, "name", "?"), "target": ctx.target,
-                    "device": str(getattr(backend, "device", "cpu")),
+        "backend": {"name": protocol.name(backend), "target": ctx.target,
+                    "device": protocol.device(backend),
                     "dtypes": list(ctx.dtypes), "features": sorted(ctx.features)},
         "profile": ctx.profile,
         "seed": ctx.seed,

@@ -166,3 +166,16 @@ def test_versus_alternates_backends_and_prints_ratios(capsys) -> None:
                         "--bh", "2", "--d", "8"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "x1.00 (1.00)" in out and "time(128)/time(64): reference" in out
+
+
+def test_dispatches_are_counted_for_torch_arrays_only() -> None:
+    """A row counts dispatched operations and the training peak where the backend's arrays are
+    torch tensors (`array_api_compat.is_torch_array`), whatever module the backend is in."""
+    pytest.importorskip("torch", reason="counts torch dispatches")
+    from zeros_backends.torch_backend import backend as torch_backend
+
+    shape = bench.Shape(2, 128, 16, 16)
+    _, make = bench.softmax("numpy")
+    row = bench.measure_shape(torch_backend, shape, make, repeats=1)
+    assert row["dispatch"]["ops"] > 0 and row["train_peak_bytes"] > 0
+    assert "dispatch" not in bench.measure_shape(backend, shape, make, repeats=1)

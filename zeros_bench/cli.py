@@ -9,12 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from zeros_conformance import PASSED, registry
+from zeros_conformance import PASSED, protocol, registry
 
 from .baselines import softmax
 from .configs import CONFIGS, DEFAULT_CONFIGS, Config, Shape
 from .gate import correctness_gate
-from .measure import chunk_size, derive, gemm_rate, measure_decode, measure_shape
+from .measure import derive, gemm_rate, measure_decode, measure_shape
 from .report import machine, machine_line, plot, table
 
 __all__ = ["main", "run"]
@@ -24,12 +24,12 @@ def run(backend: Any, configs: Mapping[str, Config], *, softmax_kind: str = "aut
         repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Measure the configurations (name -> `Config`); returns the report (see `main`). The
     decode step is timed for the first shape when it is causal."""
-    device = str(getattr(backend, "device", "cpu"))
+    device = protocol.device(backend)
     softmax_name, make_softmax = softmax(softmax_kind, device)
-    report: dict[str, Any] = {"backend": getattr(backend, "name", "backend"),
+    report: dict[str, Any] = {"backend": protocol.name(backend),
                               "machine": machine(backend), "softmax": softmax_name,
-                              "chunk_size": chunk_size(backend),
-                              "slab_size": getattr(backend, "slab_size", None), "configs": {}}
+                              "chunk_size": protocol.chunk_size(backend),
+                              "slab_size": protocol.slab_size(backend), "configs": {}}
     log(machine_line(report["machine"]))
     report["gemm_flops"] = gemm_rate(1024 if "quick" in configs else 4096, device=device)
     measured: dict[Shape, dict] = {}  # a shape in two configurations is timed once

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import zeros_machine
-from zeros_conformance import registry
+from zeros_conformance import protocol, registry
 
 from .measure import timed
 
@@ -297,7 +297,8 @@ def _settings(names: Sequence[str]) -> dict[str, dict]:
         except Exception as error:  # reported again, with the timings
             settings[name] = {"error": f"{type(error).__name__}: {error}"}
             continue
-        settings[name] = {key: getattr(backend, key, None) for key in ("chunk_size", "slab_size")}
+        settings[name] = {"chunk_size": protocol.chunk_size(backend),
+                          "slab_size": protocol.slab_size(backend)}
     return settings
 
 

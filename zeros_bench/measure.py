@@ -17,16 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 import zeros_ref
+from zeros_conformance import protocol
 from zeros_machine import blas_threads, cpus
 
 from . import dispatch
 from .configs import Shape
 
 __all__ = [
-    "chunk_size",
     "chunked_flops",
     "derive",
     "gemm_rate",
@@ -141,11 +142,6 @@ def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
     return flops / seconds
 
 
-def _synchronize(backend: Any) -> Callable[[], None]:
-    """The backend's optional ``synchronize`` (waits for queued device work), else a no-op."""
-    return getattr(backend, "synchronize", None) or (lambda: None)
-
-
 def _inputs(shape: Shape, seed: int = 0) -> tuple[np.ndarray, ...]:
     """q, k (bh, N, D), v (bh, N, Dv) and logits (bh, N) of the shape's dtype."""
     rng = np.random.default_rng(seed)
@@ -157,7 +153,7 @@ def _inputs(shape: Shape, seed: int = 0) -> tuple[np.ndarray, ...]:
 
 
 @contextlib.contextmanager
-def _one_worker(backend: Any) -> Iterator[None]:
+def _one_worker(backend: protocol.Threaded) -> Iterator[None]:
     """The backend limited to one worker thread (its `workers` attribute) for a while."""
     workers = backend.workers
     backend.workers = 1
@@ -165,10 +161,6 @@ def _one_worker(backend: Any) -> Iterator[None]:
         yield
     finally:
         backend.workers = workers
-
-
-def chunk_size(backend: Any) -> int:
-    return int(getattr(backend, "chunk_size", zeros_ref.DEFAULT_CHUNK_SIZE))
 
 
 def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -> dict:
@@ -181,7 +173,7 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
         gates = {g: rng.uniform(-1.0, 2.0, (shape.bh, shape.n)).astype(shape.dtype)
                  for g in ("first", "higher", "zero")}
     backend_gates = {g: backend.from_numpy(x, shape.dtype) for g, x in gates.items()}
-    sync = _synchronize(backend)
+    sync = protocol.synchronize(backend)
 
     def run() -> Any:
         out = backend.attention(bq, bk, bv, logits=bs, causal=shape.causal, **backend_gates)
@@ -190,7 +182,7 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
 
     row = {**asdict(shape)}
     row["backend"] = timed(run, repeats)
-    if getattr(backend, "workers", 1) != 1 and cpus() > 1:
+    if protocol.is_threaded(backend) and backend.workers != 1 and cpus() > 1:
         with _one_worker(backend):
             row["backend_one_worker"] = timed(run, repeats)
     with blas_threads(1):
@@ -198,23 +190,23 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
                                                              causal=shape.causal, **gates),
                                  repeats)
     row["softmax"] = timed(softmax(q, k, v, shape.causal), repeats, budget_s=10.0)
-    memory = getattr(backend, "memory_peak", None)
-    if callable(memory):
+    memory = protocol.memory_peak(backend)
+    if memory is not None:
         row["peak_bytes"] = int(memory(run))
     elif isinstance(bq, np.ndarray):  # tracemalloc sees NumPy's allocations only
         row["peak_bytes"] = peak_memory(run)
     row["input_bytes"] = int(sum(x.nbytes for x in (q, k, v, s)))
-    if type(bq).__module__.startswith("torch"):  # launches and syncs a GPU would pay
+    if array_api_compat.is_torch_array(bq):  # the launches and host syncs a GPU would pay
         row["dispatch"] = dispatch.count(run)
-        if "grad" in getattr(backend, "features", ()) and shape.n <= TRAIN_MAX_N:
+        if "grad" in protocol.features(backend) and shape.n <= TRAIN_MAX_N:
             row["train_peak_bytes"] = _training_peak(backend, (bq, bk, bv, bs), backend_gates,
                                                      shape.causal)
             output_bytes = shape.bh * shape.n * shape.dv * np.dtype(shape.dtype).itemsize
             row["train_call_bytes"] = int(row["input_bytes"] + output_bytes)
-    row["flops"] = chunked_flops(shape, chunk_size(backend))
-    if str(getattr(backend, "device", "cpu")) == "cpu":
-        row["product_flops"] = product_rate(shape, chunk_size(backend),
-                                            workers=getattr(backend, "workers", None))
+    row["flops"] = chunked_flops(shape, protocol.chunk_size(backend))
+    if protocol.device(backend) == "cpu":
+        row["product_flops"] = product_rate(shape, protocol.chunk_size(backend),
+                                            workers=protocol.workers(backend))
     return row
 
 
@@ -240,7 +232,7 @@ def _training_peak(backend: Any, arrays: tuple, gates: dict[str, Any], causal: b
 def measure_decode(backend: Any, shape: Shape, contexts: Sequence[int], repeats: int) -> dict:
     """Seconds of one one-token call with the state of a prefix of each context length."""
     result = {}
-    sync = _synchronize(backend)
+    sync = protocol.synchronize(backend)
     for context in contexts:
         q, k, v, s = _inputs(Shape(shape.bh, context + 1, shape.d, shape.dv, shape.dtype), 1)
         b = [backend.from_numpy(x, shape.dtype) for x in (q, k, v, s)]

@@ -7,15 +7,15 @@ from typing import Any
 import numpy as np
 
 import zeros_machine
+from zeros_conformance import protocol
 
 __all__ = ["machine", "machine_line", "plot", "table"]
 
 
 def machine(backend: Any) -> dict[str, Any]:
     """The machine (`zeros_machine.describe`) and the backend's name and worker threads."""
-    return {**zeros_machine.describe(),
-            "backend": getattr(backend, "name", type(backend).__name__),
-            "backend_workers": getattr(backend, "workers", None) or "auto"}
+    return {**zeros_machine.describe(), "backend": protocol.name(backend),
+            "backend_workers": protocol.workers(backend) or "auto"}
 
 
 def machine_line(info: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from zeros_conformance import registry
+from zeros_conformance import protocol, registry
 
 __all__ = ["compare", "main"]
 
@@ -31,7 +31,7 @@ def _call(backend: Any, n: int, bh: int, d: int) -> Callable[[], Any]:
     rng = np.random.default_rng(0)
     q, k, v = (backend.from_numpy(rng.standard_normal((bh, n, d)), "float32") for _ in range(3))
     gates = [backend.from_numpy(rng.uniform(0.2, 1.5, (bh, n)), "float32") for _ in range(3)]
-    sync = getattr(backend, "synchronize", lambda: None)
+    sync = protocol.synchronize(backend)
 
     def call() -> None:
         backend.attention(q, k, v, first=gates[0], higher=gates[1], zero=gates[2])

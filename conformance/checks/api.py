@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .._harness import Context, Measurement, agreement, as_numpy, check, random_inputs, run_backend
-from ..protocol import protocol_problems
+from ..protocol import ATTENTION_KEYWORDS, STATE_KEYWORDS, protocol_problems
 
 
 @check("ZS-API-PROTOCOL")
@@ -34,9 +34,8 @@ def keyword_names(ctx: Context) -> Iterator[Measurement]:
     except (TypeError, ValueError):
         parameters = {}
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    names = ["logits", "first", "higher", "zero", "causal"]
-    if ctx.claims("state"):
-        names += ["state", "return_state"]
+    names = [name for name in ATTENTION_KEYWORDS
+             if ctx.claims("state") or name not in STATE_KEYWORDS]
     missing = [n for n in names if parameters and not accepts_any and n not in parameters]
     yield Measurement(len(missing), 0, {"signature": str(list(parameters))}, quantity="missing",
                       message=f"missing keywords {missing}" if missing else "all present")

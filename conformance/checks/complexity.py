@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import protocol
 from .._harness import Context, Measurement, NotApplicable, check, random_inputs
 
 RATIO_LIMIT = 24.0
@@ -137,8 +138,8 @@ def _peak_bytes(ctx: Context, n: int) -> tuple[float, str]:
     """Peak bytes of one call at N = n beyond what was allocated before it, and how the
     measurement ended (inf with the reason when the call ran out of memory)."""
     dtype = _dtype(ctx)
-    own = getattr(ctx.backend, "memory_peak", None)
-    if callable(own):
+    own = protocol.memory_peak(ctx.backend)
+    if own is not None:
         q, k, v, s = _inputs(ctx, n, dtype, MEMORY_D)
         return float(own(lambda: ctx.attention(q, k, v, logits=s))), "memory_peak"
     if not ctx.target or sys.platform != "linux":
