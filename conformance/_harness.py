@@ -23,8 +23,11 @@ __all__ = [
     "CHECKS",
     "Check",
     "Context",
+    "Expected",
     "Measurement",
     "NotApplicable",
+    "Run",
+    "Scale",
     "agreement",
     "check",
     "raises",
@@ -120,6 +123,11 @@ class Context:
         """Causal modes to test: both when "bidirectional" is claimed."""
         return (True, False) if self.claims("bidirectional") else (True,)
 
+    def logit_kinds(self) -> tuple[str, ...]:
+        """Logits to test (`random_inputs`): "explicit", and "default" (``logits=None``)
+        when "default_logits" is claimed."""
+        return ("explicit", "default") if self.claims("default_logits") else ("explicit",)
+
     def precise_dtype(self) -> str:
         """The most precise claimed dtype."""
         return self.dtypes[-1]
@@ -193,12 +201,15 @@ def describe(inputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def rounded(ctx: Context, inputs: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """The inputs as the backend sees them in `dtype`, back in float64 numpy."""
+    """The inputs as the backend sees them in `dtype`, back in float64 numpy; the arrays of a
+    nested dict (a layer's parameters) too."""
     out = {}
     for name, value in inputs.items():
         if isinstance(value, np.ndarray):
             b = ctx.backend
             value = np.asarray(b.to_numpy(b.from_numpy(value, dtype)), dtype=np.float64)
+        elif isinstance(value, dict):
+            value = rounded(ctx, value, dtype)
         out[name] = value
     return out
 
@@ -239,29 +250,74 @@ def scale_of(inputs: dict[str, Any], *, causal: bool) -> np.ndarray:
     return output_scale(inputs["v"], s, *gates, causal=causal)
 
 
+Run = Callable[[], np.ndarray]
+"""How a check runs the backend on one case: its output as float64 numpy."""
+Expected = Callable[[dict[str, Any]], np.ndarray]
+"""The expected output, given the inputs as the backend sees them (`rounded`)."""
+Scale = Callable[[dict[str, Any], np.ndarray], np.ndarray]
+"""The error scale of every output row, given the rounded inputs and the expected output."""
+
+
 def agreement(
     ctx: Context,
     inputs: dict[str, Any],
     dtype: str,
     *,
-    causal: bool,
-    expected: Callable[[dict[str, Any]], np.ndarray] | None = None,
+    causal: bool = True,
+    run: Run | None = None,
+    expected: Expected | None = None,
+    scale: Scale | None = None,
+    case: dict[str, Any] | None = None,
     **record: Any,
 ) -> Measurement:
-    """Run one case in `dtype` and compare with the float64 reference on the rounded inputs.
+    """Run one case in `dtype` and compare with the float64 expectation on the rounded inputs.
 
-    `expected`, given the rounded inputs, replaces the reference output (for the explicit
-    definition or golden files).
+    Parameters
+    ----------
+    ctx : Context
+        The run.
+    inputs : dict
+        Float64 numpy inputs of the case (`random_inputs`); the arrays of a nested dict are
+        rounded too.
+    dtype : str
+        The dtype the backend computes in.
+    causal : bool
+        The mode of the default run, reference and scale.
+    run : callable, optional
+        How the backend is run, ``run() -> float64 numpy output``; default: one `attention`
+        call on `inputs` (`run_backend`). Whatever it raises is recorded as a failed
+        measurement.
+    expected : callable, optional
+        ``expected(rounded_inputs)``, the output to agree with; default: the reference
+        `zeros_ref.attention` (for the explicit definition, golden files or the layer).
+    scale : callable, optional
+        ``scale(rounded_inputs, expected)``, the error scale of every row; default: the output
+        scale of spec 7.1 (`scale_of`).
+    case : dict, optional
+        The reproduction record; default: `describe` of the inputs with the dtype, the mode
+        and `record`.
+    **record
+        More of the default reproduction record.
+
+    Returns
+    -------
+    Measurement
+        The comparison within `TOLERANCE` of the dtype, or an infinite error where `run`
+        raised.
     """
     seen = rounded(ctx, inputs, dtype)
-    case = describe(inputs, dtype=dtype, causal=causal, **record)
+    if case is None:
+        case = describe(inputs, dtype=dtype, causal=causal, **record)
     try:
-        out = as_numpy(ctx, run_backend(ctx, inputs, dtype, causal=causal))
+        if run is None:
+            out = as_numpy(ctx, run_backend(ctx, inputs, dtype, causal=causal))
+        else:
+            out = run()
     except Exception as exc:
         return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
-    ref = reference(seen, causal=causal) if expected is None else expected(seen)
-    result = compare(out, ref, scale_of(seen, causal=causal), TOLERANCE[dtype])
-    return Measurement.of(result, case)
+    want = reference(seen, causal=causal) if expected is None else expected(seen)
+    rows = scale_of(seen, causal=causal) if scale is None else scale(seen, want)
+    return Measurement.of(compare(out, want, rows, TOLERANCE[dtype]), case)
 
 
 def raises(call: Any, kind: tuple[type, ...], name: str, case: dict[str, Any]) -> Measurement:

@@ -32,8 +32,7 @@ def _drawn_cases(ctx: Context) -> list[dict]:
         dv=st.sampled_from([1, 3, 60, 64, 100]),
         batch=st.sampled_from([(), (2,), (2, 3)]),
         causal=st.sampled_from(ctx.modes()),
-        logits=st.sampled_from(["explicit", "default"] if ctx.claims("default_logits")
-                               else ["explicit"]),
+        logits=st.sampled_from(ctx.logit_kinds()),
         gates=st.sampled_from(["random", "scalar", "default"]),
         seed=st.integers(0, 2**32 - 1),
     )
@@ -59,7 +58,7 @@ def agrees_with_reference(ctx: Context) -> Iterator[Measurement]:
     # Past 2048 tokens with the default logits, whose prefix means run over the whole length.
     rng = ctx.rng("long default logits")
     n = 2_500 if ctx.quick else 4_099
-    for logits in ("explicit", "default") if ctx.claims("default_logits") else ("explicit",):
+    for logits in ctx.logit_kinds():
         inputs = random_inputs(rng, (2,), n, 16, 16, logits=logits)
         for dtype in ctx.dtypes:
             for causal in ctx.modes():

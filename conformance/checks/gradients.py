@@ -47,7 +47,7 @@ def numerical_gradients(
 def gradients_match(ctx: Context) -> Iterator[Measurement]:
     rng = ctx.rng("grad")
     for causal in ctx.modes():
-        for logits in ("explicit", "default") if ctx.claims("default_logits") else ("explicit",):
+        for logits in ctx.logit_kinds():
             inputs = random_inputs(rng, (2,), 6, 3, 2, logits=logits)
             cotangent = rng.normal(size=(2, 6, 2))
             expected = numerical_gradients(inputs, cotangent, causal)

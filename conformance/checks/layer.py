@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import zeros_ref
 
 from .. import golden_layer
 from .._compare import TOLERANCE, compare
-from .._harness import Context, Measurement, NotApplicable, check
+from .._harness import Context, Measurement, NotApplicable, Run, agreement, check
 
 OPTIONS = [  # (first_layer, rope, norm)
     (False, "half", True),
@@ -27,17 +28,6 @@ def _to_backend(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray],
                 dtype: str) -> tuple[Any, dict[str, Any]]:
     b = ctx.backend
     return b.from_numpy(x, dtype), {name: b.from_numpy(v, dtype) for name, v in params.items()}
-
-
-def _rounded(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray],
-             dtype: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The inputs as the backend sees them in `dtype`, back in float64."""
-    b = ctx.backend
-
-    def there_and_back(a: np.ndarray) -> np.ndarray:
-        return np.asarray(b.to_numpy(b.from_numpy(a, dtype)), dtype=np.float64)
-
-    return there_and_back(x), {name: there_and_back(v) for name, v in params.items()}
 
 
 def _layer(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype: str,
@@ -60,15 +50,25 @@ def _agreement(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype
                **options: Any) -> Measurement:
     """The backend's layer against the float64 reference on the rounded inputs (or against
     `expected` where given)."""
-    case = {**case, "dtype": dtype, "x": list(x.shape), **options}
-    try:
-        out = _layer(ctx, x, params, dtype, **options)
-    except Exception as exc:
-        return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
-    seen_x, seen_params = _rounded(ctx, x, params, dtype)
-    reference = zeros_ref.layer(seen_x, seen_params, **options) if expected is None else expected
-    result = compare(out, reference, _scale(reference, seen_params), TOLERANCE[dtype])
-    return Measurement.of(result, case)
+    return _layer_agreement(ctx, x, params, dtype, options,
+                            run=lambda: _layer(ctx, x, params, dtype, **options),
+                            case={**case, "dtype": dtype, "x": list(x.shape), **options},
+                            expected=expected)
+
+
+def _layer_agreement(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype: str,
+                     options: dict[str, Any], *, run: Run, case: dict[str, Any],
+                     expected: np.ndarray | None = None) -> Measurement:
+    """`agreement` of the layer's output from `run()` with `expected`, or with the reference
+    layer on the rounded inputs, relative to the layer's error scale (`_scale`)."""
+
+    def want(seen: dict[str, Any]) -> np.ndarray:
+        if expected is not None:
+            return expected
+        return zeros_ref.layer(seen["x"], seen["params"], **options)
+
+    return agreement(ctx, {"x": x, "params": params}, dtype, run=run, expected=want,
+                     scale=lambda seen, reference: _scale(reference, seen["params"]), case=case)
 
 
 def _draw(ctx: Context, salt: str, batch: tuple[int, ...], n: int, dm: int, heads: int,
@@ -152,25 +152,25 @@ def layer_streams(ctx: Context) -> Iterator[Measurement]:
     """A prefill, pieces and one-token steps against one call."""
     if not ctx.claims("state"):
         raise NotApplicable('streaming layers need the "state" feature too')
-    b = ctx.backend
     for dtype in ctx.dtypes:
         x, params, seed = _draw(ctx, f"layer-stream-{dtype}", (2,), 80, 8, 2, 3.0)
         options = {"heads": 2, "causal": True, "first_layer": True, "rope": "half",
                    "norm": True}
         case = {"param_seed": seed, "dtype": dtype, "cuts": [50, 70, "then one-token steps"],
                 **options}
-        bx, bparams = _to_backend(ctx, x, params, dtype)
-        try:
-            pieces, state = [], None
-            for start, end in [(0, 50), (50, 70), *((t, t + 1) for t in range(70, 80))]:
-                out, state = b.layer(bx[:, start:end], bparams, **options, state=state,
-                                     return_state=True)
-                pieces.append(np.asarray(b.to_numpy(out), dtype=np.float64))
-        except Exception as exc:
-            yield Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
-            continue
-        seen_x, seen_params = _rounded(ctx, x, params, dtype)
-        reference = zeros_ref.layer(seen_x, seen_params, **options)
-        result = compare(np.concatenate(pieces, axis=1), reference,
-                         _scale(reference, seen_params), TOLERANCE[dtype])
-        yield Measurement.of(result, case)
+        yield _layer_agreement(ctx, x, params, dtype, options, case=case,
+                               run=partial(_streamed, ctx, x, params, dtype, options))
+
+
+def _streamed(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype: str,
+              options: dict[str, Any]) -> np.ndarray:
+    """The backend's layer on a prefill of 50 tokens, 20 more, then one-token steps, each call
+    continuing from the state of the one before; float64."""
+    b = ctx.backend
+    bx, bparams = _to_backend(ctx, x, params, dtype)
+    pieces, state = [], None
+    for start, end in [(0, 50), (50, 70), *((t, t + 1) for t in range(70, x.shape[1]))]:
+        out, state = b.layer(bx[:, start:end], bparams, **options, state=state,
+                             return_state=True)
+        pieces.append(np.asarray(b.to_numpy(out), dtype=np.float64))
+    return np.concatenate(pieces, axis=1)

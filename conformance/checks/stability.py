@@ -61,7 +61,7 @@ def long_sequences(ctx: Context) -> Iterator[Measurement]:
     dtype = "float32" if "float32" in ctx.dtypes else ctx.precise_dtype()
     n = 2**14 if ctx.quick else 100_000
     rng = ctx.rng("long")
-    for logits in ("explicit", "default") if ctx.claims("default_logits") else ("explicit",):
+    for logits in ctx.logit_kinds():
         inputs = random_inputs(rng, (), n, 16, 16, logits=logits)
         yield agreement(ctx, inputs, dtype, causal=True, long=True)
 
@@ -173,11 +173,10 @@ def magnitude_case(ctx: Context, rng: np.random.Generator, dtype: str, *, causal
 @check("ZS-STAB-MAGNITUDE")
 def inputs_of_any_magnitude(ctx: Context) -> Iterator[Measurement]:
     rng = ctx.rng("magnitude")
-    kinds = ("explicit", "default") if ctx.claims("default_logits") else ("explicit",)
     wanted = 6 if ctx.quick else 20
     for dtype in ctx.dtypes:
         for causal in ctx.modes():
-            for logits in kinds:
+            for logits in ctx.logit_kinds():
                 for _ in range(wanted):
                     for _ in range(ATTEMPTS):
                         drawn = magnitude_case(ctx, rng, dtype, causal=causal, logits=logits)

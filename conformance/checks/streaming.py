@@ -8,18 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from .._compare import TOLERANCE, compare
 from .._harness import (
     Context,
     Measurement,
+    agreement,
     as_numpy,
     check,
     describe,
     raises,
     random_inputs,
-    reference,
-    rounded,
-    scale_of,
 )
 
 
@@ -51,19 +48,9 @@ def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) 
 def _streaming_agreement(
     ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int], **record: Any
 ) -> Measurement:
-    case = describe(inputs, dtype=dtype, cuts=cuts, **record)
-    try:
-        out = streamed(ctx, inputs, dtype, cuts)
-    except Exception as exc:
-        return Measurement(np.inf, TOLERANCE[dtype], case, message=f"raised {exc!r}")
-    seen = rounded(ctx, inputs, dtype)
-    result = compare(out, reference(seen, causal=True), scale_of(seen, causal=True),
-                     TOLERANCE[dtype])
-    return Measurement.of(result, case)
-
-
-def _logit_kinds(ctx: Context) -> tuple[str, ...]:
-    return ("explicit", "default") if ctx.claims("default_logits") else ("explicit",)
+    """The pieces between `cuts`, streamed, against the causal reference on the whole."""
+    return agreement(ctx, inputs, dtype, run=lambda: streamed(ctx, inputs, dtype, cuts),
+                     case=describe(inputs, dtype=dtype, cuts=cuts, **record))
 
 
 @check("ZS-STREAM-PIECES")
@@ -73,7 +60,7 @@ def pieces_equal_one_call(ctx: Context) -> Iterator[Measurement]:
     rng = ctx.rng("pieces")
     n, tail = 150, 9
     for dtype in ctx.dtypes:
-        for logits in _logit_kinds(ctx):
+        for logits in ctx.logit_kinds():
             inputs = random_inputs(rng, (2,), n + tail, 5, 4, logits=logits)
             cuts = sorted(int(c) for c in rng.integers(0, n + 1, size=6))
             yield _streaming_agreement(ctx, inputs, dtype, [*cuts, n], tail=tail)
@@ -85,7 +72,7 @@ def decode_steps_equal_prefill(ctx: Context) -> Iterator[Measurement]:
     """A prefill of 70 tokens, then 25 one-token steps."""
     rng = ctx.rng("decode")
     for dtype in ctx.dtypes:
-        for logits in _logit_kinds(ctx):
+        for logits in ctx.logit_kinds():
             inputs = random_inputs(rng, (2,), 95, 5, 4, logits=logits)
             yield _streaming_agreement(ctx, inputs, dtype, list(range(70, 95)), decode=True)
 
