@@ -11,14 +11,17 @@ The public face, for backend authors, our own tools (`zeros-bench`) and tests:
   `output_scale`, within the `TOLERANCE` of the dtype;
 - the requirements of the spec (`load_requirements`, `requirement`) and the checks registered
   for them (`CHECKS`);
+- `protocol`: the backend protocol of spec 10 (`protocol.Backend`), with one accessor per
+  optional attribute and tuning attribute, which the suite, the bench and the reports use;
 - `registry.load` finds a backend by name, ``module:attr`` or ``file.py:attr``;
-  `xfails.load` reads a list of requirements expected to fail;
+  `xfails.load` reads a list of requirements expected to fail; `options.open_session` makes
+  the session of a run from its options, for the command line and the pytest plugin alike;
 - `html_report.render` writes the HTML report of a run.
 
 Modules whose names start with an underscore are private.
 """
 
-from . import html_report, registry, xfails
+from . import html_report, options, protocol, registry, xfails
 from ._compare import TOLERANCE, Comparison, compare, output_scale
 from ._guard import Limits
 from ._harness import CHECKS, Check, Context, Measurement
@@ -65,7 +68,9 @@ __all__ = [
     "grows",
     "html_report",
     "load_requirements",
+    "options",
     "output_scale",
+    "protocol",
     "registry",
     "requirement",
     "run",

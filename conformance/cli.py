@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -19,14 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import golden, golden_layer, html_report, junit, registry, xfails
+from . import golden, golden_layer, html_report, junit, protocol, registry
 from ._guard import GIB, Limits
 from ._harness import Context
-from .protocol import DTYPES, usable_dtypes
+from .options import SEEDS, BackendError, OptionError, RunOptions, open_session
+from .protocol import DTYPES
 from .report import markdown, summary_table, to_json
 from .requirements import Requirement, load_requirements
-from .runner import Outcome, exit_code
-from .session import run
+from .runner import Outcome
 from .status import (
     BLOCKED,
     NOT_APPLICABLE,
@@ -42,8 +41,6 @@ __all__ = ["main"]
 _GOLDEN_SETS = {"attention": golden, "layer": golden_layer}
 """The golden sets: modules with CASES, default_directory, regenerate and verify."""
 
-SEEDS = 2**32
-"""Seeds are 0 .. SEEDS - 1: what NumPy's generators take, and exact in any JSON reader."""
 REPORTS = ("report", "markdown", "html", "junit")
 """The options that name a report file to write."""
 
@@ -152,52 +149,37 @@ class _Progress:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    known = {r.id for r in load_requirements()}
-    unknown = sorted(set(args.only or ()) - known)
-    if unknown:
-        parser.error(f"--only: unknown requirement IDs {unknown}")
-    if not all(0 < x < math.inf for x in (args.memory_limit, args.time_limit)):
-        parser.error("--memory-limit and --time-limit must be positive and finite")
     for option in REPORTS:
         path = getattr(args, option)
         problem = None if path is None else _check_output(option, path)
         if problem:
             parser.error(problem)
+    options = RunOptions(args.backend, profile="quick" if args.quick else "full",
+                         seed=args.seed, dtypes=tuple(args.dtype or ()),
+                         only=tuple(args.only or ()), xfails=args.xfails,
+                         strict_xfails=args.strict_xfails, memory_limit=args.memory_limit,
+                         time_limit=args.time_limit)
     try:
-        expected = xfails.load(args.xfails) if args.xfails else {}
-    except (OSError, ValueError) as exc:
-        parser.error(f"--xfails: {exc}")
-    try:
-        backend = registry.load(args.backend)
-    except registry.BackendLoadError as exc:
-        print(f"zeros-conformance: cannot load backend: {exc}", file=sys.stderr)
+        session = open_session(options)
+    except OptionError as exc:
+        parser.error(str(exc))
+    except BackendError as exc:
+        print(f"zeros-conformance: {exc}", file=sys.stderr)
         return 2
-    claimed = usable_dtypes(backend)
-    if not claimed:
-        print(f"zeros-conformance: backend {args.backend!r} claims no known dtype "
-              f"(dtypes = {getattr(backend, 'dtypes', None)!r})", file=sys.stderr)
-        return 2
-    chosen = tuple(d for d in claimed if not args.dtype or d in args.dtype)
-    unclaimed = sorted(set(args.dtype or ()) - set(claimed))
-    if unclaimed:
-        parser.error(f"--dtype {', '.join(unclaimed)} is not claimed by the backend "
-                     f"(it claims {', '.join(claimed)})")
-    limits = Limits(int(args.memory_limit * GIB), args.time_limit)
-    ctx = Context(backend, target=args.backend, profile="quick" if args.quick else "full",
-                  seed=args.seed, dtypes=chosen)
-    print(f"zeros-conformance: backend {args.backend} ({getattr(backend, 'name', '?')}), "
-          f"dtypes {', '.join(chosen)}, features {', '.join(sorted(ctx.features))}, "
+    ctx = session.ctx
+    print(f"zeros-conformance: backend {args.backend} ({protocol.name(ctx.backend)}), "
+          f"dtypes {', '.join(ctx.dtypes)}, features {', '.join(sorted(ctx.features))}, "
           f"profile {ctx.profile}, seed {ctx.seed}; checks that grow with N run in a child "
-          f"process capped at {limits.describe()}", file=sys.stderr)
-    progress = _Progress(ctx, args.report, strict_xfails=args.strict_xfails)
-    outcomes = run(ctx, only=args.only or (), limits=limits, xfails=expected,
-                   progress=progress)
+          f"process capped at {session.limits.describe()}", file=sys.stderr)
+    strict = session.strict_xfails
+    progress = _Progress(ctx, args.report, strict_xfails=strict)
+    outcomes = session.run(progress)
     seconds = time.perf_counter() - progress.start
     print(summary_table(outcomes))
     for o in outcomes:
         if o.status in NOT_CONFORMING or o.status == XPASS:
             print("\n" + o.explain())
-    code = exit_code(outcomes, strict_xfails=args.strict_xfails)
+    code = session.exit_code()
     listed = [o for o in outcomes if o.expected_failure is not None]
     if listed:
         print("\nexpected failures (--xfails):")
@@ -213,14 +195,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
           f"{seconds:.1f} s: {'CONFORMS' if code == 0 else 'DOES NOT CONFORM'}")
     progress.write(running=None)
     if args.markdown:
-        args.markdown.write_text(markdown(ctx, outcomes, seconds,
-                                          strict_xfails=args.strict_xfails))
+        args.markdown.write_text(markdown(ctx, outcomes, seconds, strict_xfails=strict))
     if args.html:
-        args.html.write_text(html_report.render(ctx, outcomes, seconds,
-                                                strict_xfails=args.strict_xfails,
+        args.html.write_text(html_report.render(ctx, outcomes, seconds, strict_xfails=strict,
                                                 spec_url=args.spec_url), encoding="utf-8")
     if args.junit:
-        junit.write(to_json(ctx, outcomes, seconds, strict_xfails=args.strict_xfails), args.junit)
+        junit.write(to_json(ctx, outcomes, seconds, strict_xfails=strict), args.junit)
     return code
 
 

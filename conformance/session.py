@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from ._guard import Limits, run_guarded
 from ._harness import Context
 from .requirements import Requirement, load_requirements
-from .runner import Outcome, expect_failure, grows, run_requirement
+from .runner import Outcome, exit_code, expect_failure, grows, run_requirement
 from .status import BLOCKED, NOT_CONFORMING
 
 __all__ = ["BLOCKERS", "Session", "run"]
@@ -23,18 +23,31 @@ BLOCKERS = ("ZS-ON-TIME", "ZS-ON-MEMORY")
 """Requirements whose failure blocks the other requirements that grow with N."""
 
 
+Progress = Callable[[int, int, "Outcome | Requirement"], None]
+"""``progress(number, total, item)``: a requirement about to run, or its outcome."""
+
+
 class Session:
-    """The outcomes of one backend so far; `outcome` runs the next requirement.
+    """The outcomes of one backend so far; `outcome` runs the next requirement, `run` all of
+    them (or those of `only`) in spec order.
 
     `limits=None` runs everything in this process (no guard), as does a context without a
-    target to load the backend from in a child.
+    target to load the backend from in a child. `xfails` maps requirement IDs expected to fail
+    to the reason (`xfails.load`); with `strict_xfails` one that passes fails the run
+    (`exit_code`). `options.open_session` builds a session from the options of a command
+    line.
     """
 
     def __init__(self, ctx: Context, limits: Limits | None = None,
-                 xfails: Mapping[str, str] | None = None) -> None:
+                 xfails: Mapping[str, str] | None = None, *, only: Iterable[str] = (),
+                 strict_xfails: bool = False) -> None:
         self.ctx = ctx
         self.limits = limits
         self.xfails = dict(xfails or {})
+        self.strict_xfails = strict_xfails
+        wanted = set(only)
+        self.requirements = [r for r in load_requirements() if not wanted or r.id in wanted]
+        """The requirements `run` runs, in spec order."""
         self.outcomes: list[Outcome] = []
         self._failed_blockers: list[str] = []
 
@@ -61,6 +74,26 @@ class Session:
         self.outcomes.append(outcome)
         return outcome
 
+    def run(self, progress: Progress | None = None) -> list[Outcome]:
+        """Outcomes of the session's `requirements`, in spec order.
+
+        `progress(number, total, item)` is called with each requirement before it runs and
+        with its outcome after.
+        """
+        total = len(self.requirements)
+        outcomes = []
+        for number, requirement in enumerate(self.requirements, 1):
+            if progress:
+                progress(number, total, requirement)
+            outcomes.append(self.outcome(requirement))
+            if progress:
+                progress(number, total, outcomes[-1])
+        return outcomes
+
+    def exit_code(self) -> int:
+        """The exit status of the outcomes so far (`runner.exit_code`)."""
+        return exit_code(self.outcomes, strict_xfails=self.strict_xfails)
+
 
 def run(
     ctx: Context,
@@ -68,7 +101,7 @@ def run(
     only: Iterable[str] = (),
     limits: Limits | None = None,
     xfails: Mapping[str, str] | None = None,
-    progress: Callable[[int, int, Outcome | Requirement], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Outcome]:
     """Outcomes of all requirements (or of those in `only`), in spec order.
 
@@ -76,13 +109,4 @@ def run(
     its outcome after. `xfails` maps requirement IDs expected to fail to the reason
     (`xfails.load`).
     """
-    wanted = set(only)
-    requirements = [r for r in load_requirements() if not wanted or r.id in wanted]
-    session = Session(ctx, limits, xfails)
-    for number, requirement in enumerate(requirements, 1):
-        if progress:
-            progress(number, len(requirements), requirement)
-        outcome = session.outcome(requirement)
-        if progress:
-            progress(number, len(requirements), outcome)
-    return session.outcomes
+    return Session(ctx, limits, xfails, only=only).run(progress)
