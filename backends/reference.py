@@ -16,7 +16,7 @@ class ReferenceBackend:
 
     name = "reference"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits", "layer"})
+    features = frozenset({"bidirectional", "state", "default_logits", "layer", "varlen"})
     device = "cpu"
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> np.ndarray:

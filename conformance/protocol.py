@@ -64,8 +64,11 @@ __all__ = [
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 """Dtype names a backend may claim, from least to most precise."""
 
-FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad", "layer"})
+FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad", "layer", "varlen"})
 """Optional features (spec 10.2); "core" is always required."""
+IMPLIED = frozenset({"bidirectional", "state", "default_logits", "grad"})
+"""What a backend without a `features` attribute claims (spec 10.1), with "layer" when it has
+a `layer` method; later features ("varlen") are claimed explicitly only."""
 
 
 class Backend(Protocol):
@@ -163,11 +166,11 @@ def layer(backend: object) -> Layer | None:
 
 
 def features(backend: object) -> frozenset[str]:
-    """The features the backend claims, plus "core". Without a `features` attribute: all of
-    `FEATURES`, except "layer" when the backend has no `layer` method (spec 10.1)."""
+    """The features the backend claims, plus "core". Without a `features` attribute: those
+    of `IMPLIED`, and "layer" when the backend has a `layer` method (spec 10.1)."""
     claimed = _optional(backend, "features")
     if claimed is None:
-        claimed = FEATURES if layer(backend) is not None else FEATURES - {"layer"}
+        claimed = IMPLIED | ({"layer"} if layer(backend) is not None else set())
     return frozenset({"core"}) | frozenset(claimed)
 
 

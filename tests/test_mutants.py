@@ -100,6 +100,14 @@ MUTANTS: list[Mutant] = [
     Mutant("broken_layer:whole_sequence_mean", "ZS-LAYER-CAUSAL", "broken_layer:layer"),
     Mutant("broken_layer:whole_sequence_mean", "ZS-LAYER-REFERENCE", "broken_layer:layer"),
     Mutant("broken_layer:rope_restarts", "ZS-LAYER-STREAM", "broken_layer:streaming_layer"),
+    # broken_varlen.py: packed sequences (spec 5.2).
+    Mutant("broken_varlen:carried_max", "ZS-VARLEN-ISOLATION", "broken_varlen:packed_explicit"),
+    Mutant("broken_varlen:carried_mean", "ZS-VARLEN-EQUAL", "broken_varlen:packed_explicit"),
+    Mutant("broken_varlen:off_by_one", "ZS-VARLEN-EQUAL", "broken_varlen:packed_explicit"),
+    Mutant("broken_varlen:unchecked_offsets", "ZS-ERR-VARLEN", "broken_varlen:packed_explicit"),
+    Mutant("broken_varlen:mixed_states", "ZS-VARLEN-STATE", "reference"),
+    Mutant("broken_varlen:pads_to_longest", "ZS-ON-VARLEN", "reference"),
+    Mutant("broken_varlen:core_only_layer", "ZS-LAYER-VARLEN", "reference"),
 ]
 """(mutant, requirement it must fail, its correct twin), one row per pair."""
 

@@ -40,7 +40,7 @@ def bare(**extra: Any) -> SimpleNamespace:
 
 def test_every_optional_attribute_has_its_fallback() -> None:
     b = bare()
-    assert protocol.features(b) == {"core"} | protocol.FEATURES - {"layer"}
+    assert protocol.features(b) == {"core"} | protocol.IMPLIED
     assert protocol.device(b) == "cpu"
     assert protocol.synchronize(b)() is None
     assert protocol.memory_peak(b) is None

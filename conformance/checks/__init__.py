@@ -11,6 +11,7 @@ from . import (
     layer,
     stability,
     streaming,
+    varlen,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "layer",
     "stability",
     "streaming",
+    "varlen",
 ]

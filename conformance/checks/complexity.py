@@ -58,17 +58,22 @@ def _inputs(ctx: Context, n: int, dtype: str, d: int = 32) -> tuple[Any, ...]:
 
 
 def _best_times(ctx: Context, sizes: tuple[int, ...], repeats: int) -> list[float]:
-    """Minimum time of one call at each size. Sizes are timed in turn within each repeat, so
-    a burst of load on the machine falls on all of them alike. Past `TIME_BUDGET` seconds no
-    further round starts (after the warm-up and one more): a backend that slow is far from
-    the limit, and noise is small against its calls."""
+    """Minimum time of one call at each size (`best_times`)."""
     dtype = _dtype(ctx)
     b = ctx.backend
     calls = []
     for n in sizes:
         q, k, v, s = _inputs(ctx, n, dtype)
         calls.append(lambda q=q, k=k, v=v, s=s: b.to_numpy(ctx.attention(q, k, v, logits=s)))
-    best = [float("inf")] * len(sizes)
+    return best_times(calls, repeats)
+
+
+def best_times(calls: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Minimum time of each call. The calls are timed in turn within each repeat, so a burst
+    of load on the machine falls on all of them alike. Past `TIME_BUDGET` seconds no further
+    round starts (after the warm-up and one more): a backend that slow is far from the limit,
+    and noise is small against its calls."""
+    best = [float("inf")] * len(calls)
     begin = time.perf_counter()
     for round_ in range(repeats + 1):  # the first round warms up
         if round_ >= 2 and time.perf_counter() - begin > TIME_BUDGET:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -174,3 +175,37 @@ def _streamed(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype:
                              return_state=True)
         pieces.append(np.asarray(b.to_numpy(out), dtype=np.float64))
     return np.concatenate(pieces, axis=1)
+
+
+@check("ZS-LAYER-VARLEN")
+def packed_layers_restart(ctx: Context) -> Iterator[Measurement]:
+    """A packed layer call, empty sequences included, against the reference layer on each
+    sequence alone."""
+    if not ctx.claims("varlen"):
+        raise NotApplicable('packed layers need the feature "varlen"')
+    b = ctx.backend
+    lengths = [0, 1, 7, 0, 23, 9]
+    offsets = np.cumsum([0, *lengths])
+    for dtype in ctx.dtypes:
+        for causal in ctx.modes():
+            x, params, seed = _draw(ctx, f"layer-varlen-{dtype}-{causal}", (2,), int(offsets[-1]),
+                                    8, 2)
+            options = {"heads": 2, "causal": causal, "first_layer": True, "rope": "half"}
+
+            def run(x: np.ndarray = x, params: dict = params, dtype: str = dtype,
+                    options: dict = options) -> np.ndarray:
+                bx, bparams = _to_backend(ctx, x, params, dtype)
+                cu_seqlens = b.from_numpy(offsets, "int64")
+                out = b.layer(bx, bparams, cu_seqlens=cu_seqlens, **options)
+                return np.asarray(b.to_numpy(out), dtype=np.float64)
+
+            def separately(seen: dict[str, Any], options: dict = options) -> np.ndarray:
+                return np.concatenate([zeros_ref.layer(seen["x"][:, a:z], seen["params"],
+                                                       **options)
+                                       for a, z in pairwise(offsets)], axis=1)
+
+            yield agreement(ctx, {"x": x, "params": params}, dtype, run=run,
+                            expected=separately,
+                            scale=lambda seen, reference: _scale(reference, seen["params"]),
+                            case={"param_seed": seed, "dtype": dtype, "lengths": lengths,
+                                  **options})
