@@ -70,7 +70,7 @@ def test_bench_quick_run_writes_the_derived_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
     """The ceiling times exactly the products `chunked_flops` counts: one matmul call per
-    product kind and block on each worker, with the shapes of the chunked form."""
+    product kind and slab on each worker, with the shapes of the chunked form."""
     shapes, real = [], np.matmul
 
     def spy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -78,8 +78,8 @@ def test_product_rate_counts_the_chunked_form(monkeypatch, workers) -> None:
         return real(a, b, out=out)
 
     monkeypatch.setattr(np, "matmul", spy)
-    shape, c = bench.Shape(bh=4, n=96, d=8, dv=5), 16  # 96 tokens: one block of 8 chunks
-    assert bench.product_rate(shape, c, workers=workers, block_chunks=8, repeats=1) > 0
+    shape, c = bench.Shape(bh=4, n=96, d=8, dv=5), 16  # 96 tokens: one slab of 8 chunks
+    assert bench.product_rate(shape, c, workers=workers, slab_size=8, repeats=1) > 0
     calls = shapes[: 3 * workers]  # the first timed call (repeats add more)
     rows = 4 // workers
     flops = sum(2 * np.prod(a) * b[-1] for a, b in calls)

@@ -102,31 +102,31 @@ def chunked_flops(shape: Shape, chunk: int) -> float:
 
 
 def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
-                 block_chunks: int = 8, repeats: int = 3) -> float:
+                 slab_size: int = 8, repeats: int = 3) -> float:
     """FLOP/s of the chunked form's products alone at `shape` with chunk length `chunk`.
 
     Per chunk of every row: ``q k^T`` (C x D by D x C), the read and in-chunk term
     ``[P | Qf] [V ; S]`` (C x (C + 3D) by (C + 3D) x Dv) and the update ``Kf^T V`` (3D x C
     by C x Dv): `chunked_flops` exactly. Rows are split over `workers` threads (default: the
-    CPUs), each issuing single-threaded BLAS calls batched over its rows and `block_chunks`
-    chunks, on operands that stay in cache: an upper bound for any implementation of the
+    CPUs), each issuing single-threaded BLAS calls batched over its rows and the `slab_size`
+    chunks of a slab, on operands that stay in cache: an upper bound for any implementation of the
     form that multiplies chunk by chunk. Returns the best of `repeats`.
     """
     c, d, dv, dtype = chunk, shape.d, shape.dv, np.dtype(shape.dtype)
     workers = max(1, min(workers or cpus(), shape.bh))
     rows = -(-shape.bh // workers)  # rows of the busiest worker
-    blocks = -(-shape.n // (c * block_chunks))
+    slabs = -(-shape.n // (c * slab_size))
     rng = np.random.default_rng(0)
 
     def operands(*dims: int) -> np.ndarray:
-        return rng.standard_normal((rows, block_chunks, *dims)).astype(dtype)
+        return rng.standard_normal((rows, slab_size, *dims)).astype(dtype)
 
     pairs = [(operands(c, d), operands(d, c)), (operands(c, c + 3 * d), operands(c + 3 * d, dv)),
              (operands(3 * d, c), operands(c, dv))]
-    outs = [np.empty((rows, block_chunks, a.shape[-2], b.shape[-1]), dtype) for a, b in pairs]
+    outs = [np.empty((rows, slab_size, a.shape[-2], b.shape[-1]), dtype) for a, b in pairs]
 
     def worker() -> None:
-        for _ in range(blocks):
+        for _ in range(slabs):
             for (a, b), out in zip(pairs, outs):
                 np.matmul(a, b, out=out)
 
@@ -138,7 +138,7 @@ def product_rate(shape: Shape, chunk: int, *, workers: int | None = None,
                 f.result()
 
         seconds = timed(run if workers > 1 else worker, repeats)["min"]
-    flops = chunked_flops(Shape(rows * workers, blocks * block_chunks * c, d, dv), c)
+    flops = chunked_flops(Shape(rows * workers, slabs * slab_size * c, d, dv), c)
     return flops / seconds
 
 
@@ -206,7 +206,8 @@ def measure_shape(backend: Any, shape: Shape, softmax: Callable, repeats: int) -
     row["flops"] = chunked_flops(shape, protocol.chunk_size(backend))
     if protocol.device(backend) == "cpu":
         row["product_flops"] = product_rate(shape, protocol.chunk_size(backend),
-                                            workers=protocol.workers(backend))
+                                            workers=protocol.workers(backend),
+                                            slab_size=protocol.slab_size(backend) or 8)
     return row
 
 
