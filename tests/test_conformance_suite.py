@@ -136,8 +136,8 @@ def _full_run(tmp_path: Path, backend: str, seed: int) -> None:
 
 @pytest.mark.parametrize("backend", ["reference", "numpy"])
 def test_full_profile_conforms(tmp_path: Path, backend: str) -> None:
-    """The full profile (the sizes a backend is judged by) in the default run, about 30 s
-    each; the torch backend's full run is in tests/test_torch_backend.py."""
+    """The full profile (the sizes a backend is judged by) in the default run; the torch
+    backend's full run is in tests/test_torch_backend.py."""
     _full_run(tmp_path, backend, seed=0)
 
 

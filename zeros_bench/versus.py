@@ -6,8 +6,9 @@ The backends take turns call by call on the same inputs (B*H rows of float32, ra
 per-step gates), so that the machine's drift touches all of them alike, and as many times at
 every N, so that the minima compared across N are drawn alike. It prints, per N,
 each backend's minimum and median time and its ratio to the last backend named, then each
-backend's time(N_last) / time(N_first). This is how the README's issue-14 numbers were
-measured; `zeros-bench` times one backend against the baselines instead.
+backend's time(N_last) / time(N_first): the way to compare two backends, or one backend
+before and after a change, within the noise of a shared machine; `zeros-bench` times one
+backend against the baselines instead.
 """
 
 from __future__ import annotations
