@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import golden, golden_layer, html_report, junit, protocol, registry
+from . import golden, golden_layer, golden_varlen, html_report, junit, protocol, registry
 from ._guard import GIB, Limits
 from ._harness import Context
 from .options import SEEDS, BackendError, OptionError, RunOptions, open_session
@@ -38,7 +38,7 @@ from .status import (
 
 __all__ = ["main"]
 
-_GOLDEN_SETS = {"attention": golden, "layer": golden_layer}
+_GOLDEN_SETS = {"attention": golden, "layer": golden_layer, "varlen": golden_varlen}
 """The golden sets: modules with CASES, default_directory, regenerate and verify."""
 
 REPORTS = ("report", "markdown", "html", "junit")
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     gold.add_argument("--set", choices=["all", *_GOLDEN_SETS], default="all",
                       help="which golden set (default all)")
     gold.add_argument("--dir", help="the set's directory (default: the package's); needs "
-                                    "--set attention or --set layer")
+                                    "--set attention, layer or varlen")
     return parser
 
 

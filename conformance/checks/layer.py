@@ -11,7 +11,7 @@ import numpy as np
 
 import zeros_ref
 
-from .. import golden_layer
+from .. import golden_layer, golden_varlen
 from .._compare import TOLERANCE, compare
 from .._harness import Context, Measurement, NotApplicable, Run, agreement, check
 
@@ -180,10 +180,33 @@ def _streamed(ctx: Context, x: np.ndarray, params: dict[str, np.ndarray], dtype:
 @check("ZS-LAYER-VARLEN")
 def packed_layers_restart(ctx: Context) -> Iterator[Measurement]:
     """A packed layer call, empty sequences included, against the reference layer on each
-    sequence alone."""
+    sequence alone; the packed layer golden cases against their stored float64 outputs (in
+    float64; otherwise against the reference on the rounded inputs)."""
     if not ctx.claims("varlen"):
         raise NotApplicable('packed layers need the feature "varlen"')
     b = ctx.backend
+
+    def run(x: np.ndarray, params: dict, dtype: str, options: dict,
+            offsets: np.ndarray) -> np.ndarray:
+        bx, bparams = _to_backend(ctx, x, params, dtype)
+        cu_seqlens = b.from_numpy(np.asarray(offsets, dtype=np.int64), "int64")
+        out = b.layer(bx, bparams, cu_seqlens=cu_seqlens, **options)
+        return np.asarray(b.to_numpy(out), dtype=np.float64)
+
+    def separately(seen: dict[str, Any], options: dict, offsets: np.ndarray) -> np.ndarray:
+        return np.concatenate([zeros_ref.layer(seen["x"][..., a:z, :], seen["params"],
+                                               **options)
+                               for a, z in pairwise(offsets)], axis=-2)
+
+    def measure(x: np.ndarray, params: dict, dtype: str, options: dict, offsets: np.ndarray,
+                record: dict[str, Any], stored: np.ndarray | None = None) -> Measurement:
+        return agreement(ctx, {"x": x, "params": params}, dtype,
+                         run=partial(run, x, params, dtype, options, offsets),
+                         expected=(lambda seen: stored) if stored is not None else
+                         partial(separately, options=options, offsets=offsets),
+                         scale=lambda seen, reference: _scale(reference, seen["params"]),
+                         case={**record, **options})
+
     lengths = [0, 1, 7, 0, 23, 9]
     offsets = np.cumsum([0, *lengths])
     for dtype in ctx.dtypes:
@@ -191,21 +214,12 @@ def packed_layers_restart(ctx: Context) -> Iterator[Measurement]:
             x, params, seed = _draw(ctx, f"layer-varlen-{dtype}-{causal}", (2,), int(offsets[-1]),
                                     8, 2)
             options = {"heads": 2, "causal": causal, "first_layer": True, "rope": "half"}
-
-            def run(x: np.ndarray = x, params: dict = params, dtype: str = dtype,
-                    options: dict = options) -> np.ndarray:
-                bx, bparams = _to_backend(ctx, x, params, dtype)
-                cu_seqlens = b.from_numpy(offsets, "int64")
-                out = b.layer(bx, bparams, cu_seqlens=cu_seqlens, **options)
-                return np.asarray(b.to_numpy(out), dtype=np.float64)
-
-            def separately(seen: dict[str, Any], options: dict = options) -> np.ndarray:
-                return np.concatenate([zeros_ref.layer(seen["x"][:, a:z], seen["params"],
-                                                       **options)
-                                       for a, z in pairwise(offsets)], axis=1)
-
-            yield agreement(ctx, {"x": x, "params": params}, dtype, run=run,
-                            expected=separately,
-                            scale=lambda seen, reference: _scale(reference, seen["params"]),
-                            case={"param_seed": seed, "dtype": dtype, "lengths": lengths,
-                                  **options})
+            yield measure(x, params, dtype, options, offsets,
+                          {"param_seed": seed, "dtype": dtype, "lengths": lengths})
+    dtype = ctx.precise_dtype()
+    for golden in golden_varlen.layer_cases():
+        if not golden.options["causal"] and not ctx.claims("bidirectional"):
+            continue
+        yield measure(golden.x, golden.params, dtype, golden.options, golden.cu_seqlens,
+                      {"golden": golden.name, "dtype": dtype},
+                      stored=golden.expected if dtype == "float64" else None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import golden_varlen
 from .._harness import (
     GATE_NAMES,
     Context,
@@ -77,9 +78,11 @@ def run_packed(ctx: Context, inputs: dict[str, Any], offsets: np.ndarray, dtype:
 
 
 def packed_agreement(ctx: Context, inputs: dict[str, Any], offsets: np.ndarray, dtype: str, *,
-                     causal: bool, rows: np.ndarray | None = None, **record: Any) -> Measurement:
-    """One packed call against the sequences' separate reference calls (`rows`: the time
-    steps compared, all by default)."""
+                     causal: bool, rows: np.ndarray | None = None,
+                     stored: np.ndarray | None = None, **record: Any) -> Measurement:
+    """One packed call against the sequences' separate reference calls, or against the
+    `stored` float64 output of a golden case (`rows`: the time steps compared, all by
+    default)."""
     keep = slice(None) if rows is None else rows
 
     def run() -> np.ndarray:
@@ -87,7 +90,8 @@ def packed_agreement(ctx: Context, inputs: dict[str, Any], offsets: np.ndarray, 
             ..., keep, :]
 
     def expected(seen: dict[str, Any]) -> np.ndarray:
-        return separately(seen, offsets, causal=causal)[0][..., keep, :]
+        want = separately(seen, offsets, causal=causal)[0] if stored is None else stored
+        return want[..., keep, :]
 
     def scale(seen: dict[str, Any], _: np.ndarray) -> np.ndarray:
         return separately(seen, offsets, causal=causal)[1][..., keep]
@@ -115,6 +119,23 @@ def packed_equals_separate(ctx: Context) -> Iterator[Measurement]:
                 for causal in ctx.modes():
                     yield packed_agreement(ctx, inputs, offsets, dtype, causal=causal,
                                            layout=label)
+    yield from _golden_cases(ctx)
+
+
+def _golden_cases(ctx: Context) -> Iterator[Measurement]:
+    """The packed golden attention cases: the stored float64 outputs in float64, otherwise
+    the reference on the golden inputs rounded to the most precise claimed dtype (as
+    ZS-ACC-GOLDEN)."""
+    dtype = ctx.precise_dtype()
+    for case in golden_varlen.attention_cases():
+        inputs = {"logits": None, **case.inputs}
+        if not case.causal and not ctx.claims("bidirectional"):
+            continue
+        if inputs["logits"] is None and not ctx.claims("default_logits"):
+            continue
+        yield packed_agreement(ctx, inputs, case.cu_seqlens, dtype, causal=case.causal,
+                               stored=case.expected if dtype == "float64" else None,
+                               golden=case.name)
 
 
 @check("ZS-VARLEN-ISOLATION")
