@@ -200,6 +200,16 @@ def describe(inputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return record
 
 
+def tokens(inputs: dict[str, Any], a: int, b: int) -> dict[str, Any]:
+    """The inputs of the tokens a .. b-1: a piece of a stream or one packed sequence."""
+    out = {}
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            value = value[..., a:b, :] if name in ("q", "k", "v") else value[..., a:b]
+        out[name] = value
+    return out
+
+
 def rounded(ctx: Context, inputs: dict[str, Any], dtype: str) -> dict[str, Any]:
     """The inputs as the backend sees them in `dtype`, back in float64 numpy; the arrays of a
     nested dict (a layer's parameters) too."""

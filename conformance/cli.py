@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{r.id:22s} {r.level:6s} {r.feature:14s} {r.title}")
         return 0
     if args.dir and args.set == "all":
-        parser.error("golden --dir needs --set attention or --set layer")
+        parser.error("golden --dir needs one --set (attention, layer or varlen)")
     names = list(_GOLDEN_SETS) if args.set == "all" else [args.set]
     return max(_golden(args.action, _GOLDEN_SETS[name], args.dir) for name in names)
 

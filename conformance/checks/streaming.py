@@ -17,16 +17,8 @@ from .._harness import (
     describe,
     raises,
     random_inputs,
+    tokens,
 )
-
-
-def _piece(inputs: dict[str, Any], a: int, b: int) -> dict[str, Any]:
-    out = {}
-    for name, value in inputs.items():
-        if isinstance(value, np.ndarray):
-            value = value[..., a:b, :] if name in ("q", "k", "v") else value[..., a:b]
-        out[name] = value
-    return out
 
 
 def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) -> np.ndarray:
@@ -37,7 +29,7 @@ def streamed(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int]) 
     for a, z in pairwise(bounds):
         piece = {
             name: b.from_numpy(value, dtype) if isinstance(value, np.ndarray) else value
-            for name, value in _piece(inputs, a, z).items()
+            for name, value in tokens(inputs, a, z).items()
         }
         q, k, v = piece.pop("q"), piece.pop("k"), piece.pop("v")
         out, state = ctx.attention(q, k, v, **piece, causal=True, state=state, return_state=True)

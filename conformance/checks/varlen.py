@@ -27,6 +27,7 @@ from .._harness import (
     random_inputs,
     reference,
     scale_of,
+    tokens,
 )
 from .complexity import best_times
 
@@ -41,22 +42,13 @@ def offsets_of(lengths: list[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
-def _slice(inputs: dict[str, Any], a: int, b: int) -> dict[str, Any]:
-    out = {}
-    for name, value in inputs.items():
-        if isinstance(value, np.ndarray):
-            value = value[..., a:b, :] if name in ("q", "k", "v") else value[..., a:b]
-        out[name] = value
-    return out
-
-
 def separately(inputs: dict[str, Any], offsets: np.ndarray, *,
                causal: bool) -> tuple[np.ndarray, np.ndarray]:
     """The float64 reference of every sequence called alone, and each sequence's own output
     scale, concatenated along the time axis: (*B, T, Dv) and (*B, T)."""
     outs, scales = [], []
     for a, b in pairwise(int(o) for o in offsets):
-        one = _slice(inputs, a, b)
+        one = tokens(inputs, a, b)
         outs.append(reference(one, causal=causal))
         scales.append(scale_of(one, causal=causal))
     return np.concatenate(outs, axis=-2), np.concatenate(scales, axis=-1)
@@ -173,8 +165,8 @@ def packed_calls_continue(ctx: Context) -> Iterator[Measurement]:
     cut_a, cut_b = offsets_of(first), offsets_of(then)
     for logits in ctx.logit_kinds():
         whole = [random_inputs(rng, (2,), a + b, 6, 5, logits=logits) for a, b in zip(first, then)]
-        parts = _joined([_slice(w, 0, a) for w, a in zip(whole, first)])
-        rest = _joined([_slice(w, a, a + b) for w, a, b in zip(whole, first, then)])
+        parts = _joined([tokens(w, 0, a) for w, a in zip(whole, first)])
+        rest = _joined([tokens(w, a, a + b) for w, a, b in zip(whole, first, then)])
         for dtype in ctx.dtypes:
 
             def run(dtype: str = dtype, parts: dict = parts, rest: dict = rest) -> np.ndarray:
