@@ -89,7 +89,7 @@ def test_documented_torch_backend_names_import() -> None:
     for name in TORCH_FACE:
         assert getattr(face, name) is not None, name
     documented = _documented_torch_names()
-    assert "zeros_backends.torch_backend.layer:ZeroSAttention" in documented
+    assert any(entry.endswith(":ZeroSAttention") for entry in documented)  # the scan finds
     for entry in sorted(documented):
         dotted, name = entry.split(":")
         parts = dotted.rstrip(".").split(".")

@@ -4,12 +4,14 @@ conformance suite."""
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,6 +139,134 @@ def test_agrees_with_reference_across_slabs(logits: str, rng: np.random.Generato
     (q, k, v), options = tensors(small, case, "float64")
     reference_check(small.attention(q, k, v, **options), rounded(small, case, "float64"),
                     "float64", causal=True, what=f"N={n} C=8 logits={logits}")
+
+
+# -- the chunk form's seam ------------------------------------------------------------------------
+
+
+def _checked(case: Case, *, state: Any = None) -> tuple:
+    """`zeros_ref.kernel.check_call` of float64 `case` (causal, returning the state)."""
+    q, k, v = (backend.from_numpy(x, "float64") for x in (case.q, case.k, case.v))
+    options = {name: x if x is None or isinstance(x, float) else backend.from_numpy(x, "float64")
+               for name, x in case.kwargs.items()}
+    return zeros_ref.kernel.check_call(q, k, v, causal=True, state=state, return_state=True,
+                                       **{"logits": None, **options})
+
+
+def test_default_form_takes_the_backends_slab_size(monkeypatch) -> None:
+    """Without a form of its own, a call computes its chunks with `chunked.slabs` and the
+    backend's `slab_size`."""
+    sizes = []
+    run = chunked.slabs
+
+    def recording(chunks: chunked.Chunks, sums: chunked.Sums, **options: Any) -> Any:
+        sizes.append(options["slab_size"])
+        return run(chunks, sums, **options)
+
+    monkeypatch.setattr(chunked, "slabs", recording)
+    x = backend.from_numpy(np.ones((2, 40, 4)), "float64")
+    TorchBackend("cpu", chunk_size=8, slab_size=3).attention(x, x, x)
+    backend.attention(x, x, x)
+    assert sizes == [3, backend.slab_size]
+
+
+@pytest.mark.req("ZS-ERR-NONFINITE", "ZS-ERR-NONFINITE-V")
+def test_non_finite_values_are_screened_before_any_form(rng: np.random.Generator) -> None:
+    """A form given by the caller reads finite `Chunks` and `Sums` whatever the inputs hold,
+    and gives the default form's outputs and state, NaN in the same places: the rows a
+    non-finite q or gate reaches (its own), and those a non-finite k, v or logit reaches
+    (every later row of its sequence, and the state)."""
+    case = draw_case(rng, 50, d=4, dv=3, batch=(3,), gates="random")
+    case.q, case.k, case.v = (np.broadcast_to(x, (3, 50, x.shape[-1])).copy()
+                              for x in (case.q, case.k, case.v))
+    case.logits = np.broadcast_to(case.logits, (3, 50)).copy()
+    case.q[0, 5, 1] = np.nan
+    case.k[1, 20, 0] = np.inf
+    case.v[1, 30, 2] = -np.inf
+    case.logits[2, 41] = np.nan
+    case.gates["higher"] = np.broadcast_to(case.gates["higher"], (3, 50)).copy()
+    case.gates["higher"][0, 12] = np.inf
+    finite = []
+
+    def form(chunks: chunked.Chunks, sums: chunked.Sums) -> Any:
+        tensors = [*chunks.by_name().values(), *sums.by_name().values()]
+        finite.append(all(bool(torch.isfinite(x).all()) for x in tensors))
+        return chunked.slabs(chunks, sums, slab_size=2)
+
+    inp, state = _checked(case)
+    got, got_state = chunked.attention(inp, state, causal=True, chunk=8, return_state=True,
+                                       form=form)
+    want, want_state = chunked.attention(inp, state, causal=True, chunk=8, return_state=True,
+                                         slab_size=2)
+    assert finite == [True]
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(got_state.kv, want_state.kv, rtol=0, atol=0, equal_nan=True)
+    nan_rows = torch.isnan(got).any(dim=-1)  # (3, 50)
+    expected = torch.zeros(3, 50, dtype=torch.bool)
+    expected[0, [5, 12]] = True
+    expected[1, 20:] = True
+    expected[2, 41:] = True
+    assert torch.equal(nan_rows, expected)
+    assert torch.isnan(got_state.kv).flatten(1).any(dim=1).tolist() == [False, True, True]
+
+
+@pytest.mark.req("ZS-STREAM-PIECES")
+def test_sums_convert_to_the_state_of_spec_5_1(rng: np.random.Generator) -> None:
+    """`sums_from_state` and `state_from_sums` are inverse (G moved to the running max and
+    back), and a call continued from the converted state gives the same outputs."""
+    case = draw_case(rng, 30, d=4, dv=3, batch=(2,))
+    inp, state = _checked(case)
+    _, st = chunked.attention(inp, state, causal=True, chunk=8, return_state=True)
+    sums = chunked.sums_from_state(st)
+    torch.testing.assert_close(sums.g, st.kv[:, st.G] + st.mean_offset[:, None, None]
+                               * st.kv[:, st.H])
+    back = chunked.state_from_sums(sums, length=st.length, frame=st.running_max,
+                                   reference=st.running_max, mean=st.mean_offset,
+                                   key_sum=st.key_sum)
+    assert back.length == st.length
+    for name in ("running_max", "mean_offset", "normaliser", "kv", "key_sum"):
+        torch.testing.assert_close(getattr(back, name), getattr(st, name), rtol=1e-14,
+                                   atol=1e-14)
+    more = draw_case(rng, 12, d=4, dv=3, batch=(2,))
+    after, _ = chunked.attention(*_checked(more, state=st), causal=True, chunk=8,
+                                 return_state=False)
+    again, _ = chunked.attention(*_checked(more, state=back), causal=True, chunk=8,
+                                 return_state=False)
+    torch.testing.assert_close(again, after, rtol=1e-13, atol=1e-13)
+
+
+_SEAM = ("chunks", "sums", "after", "piece")
+
+
+def _positional_uses(tree: ast.AST) -> list[str]:
+    """Uses of `Chunks` or `Sums` by position in a module: ``Chunks(a, b)``, ``*chunks``,
+    ``chunks[1]`` and ``a, b = sums`` (for names the seam's values go by)."""
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("Chunks", "Sums") and node.args):
+            found.append(f"line {node.lineno}: {node.func.id}(positional)")
+        elif (isinstance(node, (ast.Starred, ast.Subscript)) and isinstance(node.value, ast.Name)
+              and node.value.id in _SEAM and not isinstance(node.ctx, ast.Store)):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Name)
+              and node.value.id in _SEAM and isinstance(node.targets[0], ast.Tuple)):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_chunks_and_sums_are_used_by_name_only() -> None:
+    """No module of the torch or Triton backends takes `Chunks` or `Sums` apart by position:
+    a field added or reordered cannot shift the others."""
+    root = Path(__file__).resolve().parent.parent / "backends"
+    paths = sorted([*(root / "torch_backend").glob("*.py"), *(root / "triton_backend").glob(
+        "*.py")])
+    assert len(paths) >= 9
+    for path in paths:
+        uses = _positional_uses(ast.parse(path.read_text()))
+        assert not uses, f"{path.name}: {uses}"
+    assert sorted(_positional_uses(ast.parse("a, b = chunks\nf(*sums)\nChunks(t, q)"))) == [
+        "line 1: a, b = chunks", "line 2: *sums", "line 3: Chunks(positional)"]
 
 
 @pytest.mark.req("ZS-ACC-REFERENCE")

@@ -260,6 +260,24 @@ def test_float32_gradients_equal_the_torch_backend(logits: str,
                                    msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
+@pytest.mark.req("ZS-GRAD")
+def test_backward_recomputes_with_the_backends_slab_size(monkeypatch) -> None:
+    """The backward pass recomputes the chunks with the torch form's `slabs` and this
+    backend's `slab_size`."""
+    sizes = []
+    run = chunked.slabs
+
+    def recording(chunks: chunked.Chunks, sums: chunked.Sums, **options: Any) -> Any:
+        sizes.append(options["slab_size"])
+        return run(chunks, sums, **options)
+
+    monkeypatch.setattr(chunked, "slabs", recording)
+    b = TritonBackend(chunk_size=16, slab_size=3)
+    x = b.from_numpy(np.ones((2, 40, 4)), "float32").requires_grad_(True)
+    b.attention(x, x, x).sum().backward()
+    assert sizes == [3] and x.grad is not None
+
+
 # -- the conformance suite ----------------------------------------------------------------------
 
 

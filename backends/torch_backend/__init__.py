@@ -1,12 +1,16 @@
 """The PyTorch backends (entry points ``torch`` and ``torch-cuda``): ZeroS on torch tensors.
 
-The forms of one computation side by side, each a module:
+Its modules, one job each (the way flash-linear-attention keeps the forms of one op side by
+side):
 
-``protocol``  `TorchBackend`, the protocol of spec 10 around the chunk form (validation, device,
-              chunk and slab sizes, gradients, the layer)
-``chunked``   the chunk-parallel form of spec 4.2 and 4.3 (`chunked.attention`), with the seam
-              other backends plug their kernels into (`Chunks`, `Sums`, `Form`)
-``slab``      one slab of chunks of that form, every chunk at once (spec 4.2, steps 2-6)
+``protocol``  `TorchBackend`, the protocol of spec 10 around the chunk form (validation,
+              device, chunk and slab sizes, gradients, the layer)
+``chunked``   the chunk form of spec 4.2 and 4.3 (`chunked.attention`), its default `Form`
+              (`chunked.slabs`), the seam other backends plug their kernels into
+              (`Chunks`, `Sums`, `Form`) and its conversions to the state of spec 5.1
+``screen``    non-finite inputs, handled once before any form, and the unit directions
+``slab``      one slab of chunks of the default form, every chunk at once (spec 4.2,
+              steps 2-6), and the seam's types `Chunks` and `Sums`
 ``layer``     `ZeroSAttention`, the layer of spec 13 as an ``nn.Module``
 
 They must equal the reference form, `zeros_ref.attention`, to the tolerance of spec 7.1.

@@ -1,18 +1,18 @@
-"""The PyTorch backends (entry points ``torch`` and ``torch-cuda``).
+"""The PyTorch backends (entry points ``torch`` and ``torch-cuda``): the protocol of spec 10
+around the chunk form.
 
 Validation, the `State` of section 5 and the semantics are the reference's (`zeros_ref.kernel`
-and `zeros_ref.layer`); the computation is `chunked`, the chunk-parallel form of spec 4.2
-and 4.3 arranged for a device: every chunk of a slab at once, no branch on tensor data and no
-host sync in the forward or backward pass (1,734 dispatched operations, most of them views, at
-N = 65536 with C = 256 and 32 chunks a slab, counted on CPU tensors; the reference's chunk
-loop took about 46,000 and 768 syncs). What this module adds:
+and `zeros_ref.layer`); the computation is `chunked`, the chunk form of spec 4.2 and 4.3
+arranged for a device: every chunk of a slab at once, no branch on tensor data and no host
+sync in the forward or backward pass, a few operations per slab rather than per chunk. What
+this module adds:
 
 - the device: tensors live on ``"cpu"`` or ``"cuda"``, and the chunk length C and the chunks
-  per slab are chosen for it (`CHUNK_SIZE`, `SLAB_SIZE`: 64 and 16 on the CPU, measured; 256
-  and 32 on CUDA, estimates still to be tuned on hardware; both configurable);
+  per slab are chosen for it (`CHUNK_SIZE`, `SLAB_SIZE`; both configurable, neither changes
+  the result beyond rounding);
 - gradients (ZS-GRAD) through ``torch.autograd``; when they are recorded each slab of at most
-  16 chunks is checkpointed (recomputed in backward): forward + backward allocates 1.8 times
-  the bytes of q, k, v, logits and output at N = 8192 (B*H = 8, D = Dv = 64);
+  `chunked.SLAB_TRAINING` chunks is checkpointed (recomputed in backward), so that training
+  memory stays a small multiple of the inputs' bytes;
 - ``torch.compile(fullgraph=True)`` of forward and backward without graph breaks;
 - on CUDA, the peak of the caching allocator as the memory measure of ZS-ON-MEMORY (the
   process's resident size does not see device memory);
@@ -39,8 +39,8 @@ CHUNK_SIZE = {"cpu": zeros_ref.DEFAULT_CHUNK_SIZE, "cuda": 256}
 """Default chunk length C per device type: speed only, any C gives the same result."""
 SLAB_SIZE = {"cpu": 16, "cuda": 32}
 """Default chunks per slab (one step of the loop over the sequence) per device type: on the
-CPU, 1024 tokens whose temporaries stay in the caches (fastest of 8, 12, 16, 24, 32 and 64 at
-N = 8192); on CUDA, 8192 tokens in few launches (an estimate to tune on hardware)."""
+CPU, few enough tokens that a slab's temporaries stay in the caches; on CUDA, enough for few
+launches (still to be tuned on hardware)."""
 
 _DTYPES = {
     "float16": torch.float16,
@@ -92,7 +92,7 @@ class TorchBackend:
         self._cuda = kind == "cuda"
 
     def __repr__(self) -> str:
-        return (f"TorchBackend({self.device!r}, name={self.name!r}, "
+        return (f"{type(self).__name__}({self.device!r}, name={self.name!r}, "
                 f"chunk_size={self.chunk_size}, slab_size={self.slab_size})")
 
     # -- conversion ---------------------------------------------------------------------------
@@ -147,13 +147,14 @@ class TorchBackend:
                                        zero=zero, causal=causal, state=state,
                                        return_state=return_state)
         out, end = chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
-                                           slab_size=self.slab_size, return_state=return_state,
-                                           form=self._chunk_form(inp, causal))
+                                     slab_size=self.slab_size, return_state=return_state,
+                                     form=self._chunk_form(inp, causal))
         return (out, end) if return_state else out
 
     def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> chunked.Form | None:
-        """The form that computes this call's causal chunks: None, `chunked`'s own (a
-        subclass with kernels of its own returns theirs)."""
+        """The form that computes this call's causal chunks: None, the default form of
+        `chunked` (`chunked.slabs` with this backend's `slab_size`); a subclass with kernels
+        of its own returns theirs."""
         return None
 
     def layer(

@@ -2,17 +2,18 @@
 Triton kernels, everything around it the torch backend's.
 
 It must equal the reference form, `zeros_ref.attention`, to the tolerance of spec 7.1. The
-torch chunk-parallel form (`zeros_backends.torch_backend.chunked`) computes the frames, the default
-logits, the non-finite handling and the `State`, and hands the chunks of a causal call to a
-`Form`; this backend passes its own, `autograd.form`, which runs the kernels of `chunk`
-(float32 accumulation). What stays on the torch path:
+torch chunk form (`zeros_backends.torch_backend.chunked`) computes the frames, the default
+logits, the non-finite handling (once, before any form) and the `State`, and hands the chunks
+of a causal call to a `Form`; this backend passes its own, `autograd.form`, which runs the
+kernels of `chunk` (float32 accumulation). What stays on the torch path:
 
 - float64 inputs (the kernels compute in float32; float16, bfloat16 and float32 inputs run
   the kernels in float32, as the reference computes half precision, ZS-DTYPE-HALF; on a GPU
   the products of half-precision calls use TF32);
 - the bidirectional form (spec 4.3), one whole-sequence state read by every row;
-- the backward pass: `autograd` recomputes the chunks with the torch form under autograd, so
-  gradients (ZS-GRAD) are the torch backend's; a backward kernel is future work.
+- the backward pass: `autograd` recomputes the chunks with the torch form under autograd
+  (the default form, `slab_size` chunks a slab), so gradients (ZS-GRAD) are the torch
+  backend's; a backward kernel is future work.
 
 Device: with ``TRITON_INTERPRET=1`` in the environment (set before Python starts: Triton
 reads it when the kernels are defined, on first use, and again when they first run), Triton's
@@ -65,6 +66,9 @@ class TritonBackend(TorchBackend):
         The name in reports.
     chunk_size : int
         Chunk length C, a power of two >= 16.
+    slab_size : int or None
+        Chunks per slab of the torch form (float64, and the backward pass); None takes the
+        torch backend's `SLAB_SIZE` of the device type.
 
     Examples
     --------
@@ -74,15 +78,16 @@ class TritonBackend(TorchBackend):
     """
 
     def __init__(self, device: str | None = None, *, name: str = "triton",
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, slab_size: int | None = None) -> None:
         if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
             raise ValueError(f"`chunk_size` must be a power of two >= 16; got {chunk_size!r}")
         if device is None:
             device = "cpu" if interpreting() else "cuda"
-        super().__init__(device, name=name, chunk_size=chunk_size)
+        super().__init__(device, name=name, chunk_size=chunk_size, slab_size=slab_size)
 
     def __repr__(self) -> str:
-        return f"TritonBackend({self.device!r}, name={self.name!r}, chunk_size={self.chunk_size})"
+        return (f"{type(self).__name__}({self.device!r}, name={self.name!r}, "
+                f"chunk_size={self.chunk_size}, slab_size={self.slab_size})")
 
     def _ready(self) -> None:
         self._form()
@@ -111,7 +116,8 @@ class TritonBackend(TorchBackend):
 
     def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> chunked.Form | None:
         """The kernels for the causal chunks of float16, bfloat16 and float32 calls (computed
-        in float32); None (the torch form) for float64 and bidirectional calls."""
+        in float32; their backward recomputes with this backend's `slab_size`); None (the
+        torch form) for float64 and bidirectional calls."""
         if not causal or inp.compute_dtype != torch.float32:
             return None
         kernels = self._form()
@@ -120,7 +126,7 @@ class TritonBackend(TorchBackend):
                              f"{inp.q.device}")
         # TF32 products for half inputs: their own rounding is coarser (see chunk.forward).
         precision = "ieee" if inp.dtype == torch.float32 else "tf32"
-        return functools.partial(kernels, precision=precision)
+        return functools.partial(kernels, precision=precision, slab_size=self.slab_size)
 
 
 backend = TritonBackend()

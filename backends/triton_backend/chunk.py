@@ -210,21 +210,21 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
         raise ValueError(f"`chunk` must be a power of two >= 16 for the Triton kernels; "
                          f"got {chunk}")
     config = config or Config.for_device(d, dv)
-    x = Chunks(*(t.contiguous() for t in chunks))
-    f0, e0, g0, h0 = (t.contiguous() for t in sums)
+    x, start = chunks.map(torch.Tensor.contiguous), sums.map(torch.Tensor.contiguous)
     kv = x.q.new_empty((rows, nc, 3, d, dv))  # the sums before every chunk
     e_before = x.q.new_empty((rows, nc))
     last = x.q.new_empty((rows, 3, d, dv))
     e_last = x.q.new_empty((rows,))
     w_sum = x.w.sum(dim=-1)  # (R, nc)
     grid = (rows, triton.cdiv(d, config.block_d), triton.cdiv(dv, config.block_v))
-    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, f0, e0, g0, h0, kv,
-                        e_before, last, e_last, nc, D=d, DV=dv, C=chunk, BD=config.block_d,
-                        BV=config.block_v, PRECISION=precision, num_warps=config.warps)
+    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, start.f, start.e,
+                        start.g, start.h, kv, e_before, last, e_last, nc, D=d, DV=dv, C=chunk,
+                        BD=config.block_d, BV=config.block_v, PRECISION=precision,
+                        num_warps=config.warps)
     out = x.q.new_empty((rows, nc, chunk, dv))
     grid = (rows * nc, triton.cdiv(dv, config.block_v))
     _output_kernel[grid](x.q, x.k, x.v, x.s, x.rel, x.m_row, x.decay, x.mean, x.first,
                          x.higher, x.zero, x.t, kv, e_before, out, nc, D=d, DV=dv, C=chunk,
                          BD=_width(d), BV=config.block_v, PRECISION=precision,
                          num_warps=config.warps)
-    return out, Sums(last[:, 0], e_last, last[:, 1], last[:, 2])
+    return out, Sums(f=last[:, 0], e=e_last, g=last[:, 1], h=last[:, 2])
