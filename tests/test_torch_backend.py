@@ -24,7 +24,13 @@ from conftest import Case, draw_case, stream  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import zeros_ref  # noqa: E402
-from zeros_backends.torch_backend import TorchBackend, backend, chunked, cuda_backend  # noqa: E402
+from zeros_backends.torch_backend import (  # noqa: E402
+    CudaTorchBackend,
+    TorchBackend,
+    backend,
+    chunked,
+    cuda_backend,
+)
 from zeros_conformance import (  # noqa: E402
     TOLERANCE,
     cli,
@@ -78,9 +84,14 @@ def test_protocol_attributes() -> None:
         assert b.dtypes == DTYPES
         assert b.features == frozenset({"bidirectional", "state", "default_logits", "grad",
                                         "layer"})
-    # The CPU backend leaves memory to the suite's resident-size probe; CUDA counts its own.
+    # The CPU backend leaves memory to the suite's resident-size probe; CUDA counts its own,
+    # an ordinary method of the CUDA backend's class.
     assert not hasattr(backend, "memory_peak")
     assert callable(cuda_backend.memory_peak)
+    assert isinstance(cuda_backend, CudaTorchBackend) and not isinstance(backend, CudaTorchBackend)
+    assert "memory_peak" in vars(CudaTorchBackend) and not hasattr(TorchBackend, "memory_peak")
+    with pytest.raises(ValueError, match="device"):
+        CudaTorchBackend("cpu")
 
 
 @pytest.mark.req("ZS-API-PROTOCOL")

@@ -35,7 +35,12 @@ from conftest import Case, assert_close, definition_scale, draw_case, stream  # 
 
 import zeros_ref  # noqa: E402
 from zeros_backends.torch_backend import TorchBackend, chunked  # noqa: E402
-from zeros_backends.triton_backend import CHUNK_SIZE, TritonBackend, chunk  # noqa: E402
+from zeros_backends.triton_backend import (  # noqa: E402
+    CHUNK_SIZE,
+    CudaTritonBackend,
+    TritonBackend,
+    chunk,
+)
 from zeros_conformance import TOLERANCE, registry  # noqa: E402
 from zeros_ref import kernel  # noqa: E402
 
@@ -78,6 +83,11 @@ def test_protocol_and_entry_point() -> None:
                                           "layer"})
     assert isinstance(ENTRY_POINT, TritonBackend) and ENTRY_POINT.name == "triton"
     assert ENTRY_POINT.device == backend.device
+    # Device memory is the allocator's on CUDA (ZS-ON-MEMORY); the interpreter's CPU tensors
+    # are the process's resident size, which the suite measures itself.
+    assert hasattr(ENTRY_POINT, "memory_peak") == CUDA
+    assert callable(CudaTritonBackend().memory_peak)
+    assert not hasattr(TritonBackend("cpu"), "memory_peak")
 
 
 @pytest.mark.skipif(CUDA, reason="CUDA is available here")

@@ -3,8 +3,8 @@
 Its modules, one job each (the way flash-linear-attention keeps the forms of one op side by
 side):
 
-``protocol``  `TorchBackend`, the protocol of spec 10 around the chunk form (validation,
-              device, chunk and slab sizes, gradients, the layer)
+``protocol``  `TorchBackend` and `CudaTorchBackend`, the protocol of spec 10 around the chunk
+              form (validation, device, chunk and slab sizes, gradients, the layer)
 ``chunked``   the chunk form of spec 4.2 and 4.3 (`chunked.attention`), its default `Form`
               (`chunked.slabs`), the seam other backends plug their kernels into
               (`Chunks`, `Sums`, `Form`) and its conversions to the state of spec 5.1
@@ -17,11 +17,19 @@ They must equal the reference form, `zeros_ref.attention`, to the tolerance of s
 """
 
 from .layer import ZeroSAttention, from_params, to_params
-from .protocol import CHUNK_SIZE, SLAB_SIZE, TorchBackend, backend, cuda_backend
+from .protocol import (
+    CHUNK_SIZE,
+    SLAB_SIZE,
+    CudaTorchBackend,
+    TorchBackend,
+    backend,
+    cuda_backend,
+)
 
 __all__ = [
     "CHUNK_SIZE",
     "SLAB_SIZE",
+    "CudaTorchBackend",
     "TorchBackend",
     "ZeroSAttention",
     "backend",

@@ -14,8 +14,9 @@ this module adds:
   `chunked.SLAB_TRAINING` chunks is checkpointed (recomputed in backward), so that training
   memory stays a small multiple of the inputs' bytes;
 - ``torch.compile(fullgraph=True)`` of forward and backward without graph breaks;
-- on CUDA, the peak of the caching allocator as the memory measure of ZS-ON-MEMORY (the
-  process's resident size does not see device memory);
+- `CudaTorchBackend`: on CUDA, the peak of the caching allocator as the memory measure of
+  ZS-ON-MEMORY (`memory_peak`; the process's resident size does not see device memory). The
+  CPU backend has no `memory_peak`: the suite measures its resident size;
 - `layer`, the whole layer of section 13 with this backend's core (see `layer` for the
   `nn.Module`).
 """
@@ -33,7 +34,8 @@ from zeros_ref import kernel
 
 from . import chunked
 
-__all__ = ["CHUNK_SIZE", "SLAB_SIZE", "TorchBackend", "backend", "cuda_backend"]
+__all__ = ["CHUNK_SIZE", "SLAB_SIZE", "CudaTorchBackend", "TorchBackend", "backend",
+           "cuda_backend"]
 
 CHUNK_SIZE = {"cpu": zeros_ref.DEFAULT_CHUNK_SIZE, "cuda": 256}
 """Default chunk length C per device type: speed only, any C gives the same result."""
@@ -59,7 +61,8 @@ class TorchBackend:
     device : str
         A torch device string, ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` etc.). Constructing a
         CUDA backend never touches the GPU; the first `from_numpy` fails with a clear
-        `RuntimeError` where CUDA is not available.
+        `RuntimeError` where CUDA is not available. `CudaTorchBackend` is the CUDA backend
+        of the suite: it adds `memory_peak`, which this class has on no device.
     name : str
         The name in reports; defaults to ``"torch"`` (CPU) or ``"torch-<device>"``.
     chunk_size : int or None
@@ -222,24 +225,46 @@ class TorchBackend:
         if self._cuda:
             torch.cuda.synchronize(torch.device(self.device))
 
-    # -- memory -------------------------------------------------------------------------------
 
-    @property
-    def memory_peak(self) -> Callable[[Callable[[], Any]], int]:
-        """CUDA only: ``memory_peak(fn)``, peak device bytes allocated by ``fn()`` (ZS-ON-MEMORY).
+class CudaTorchBackend(TorchBackend):
+    """`TorchBackend` on a CUDA device, with the device-memory measure of ZS-ON-MEMORY.
 
-        The CPU backend has no such attribute (`AttributeError`), so the suite measures it
-        through the resident size of a fresh process instead.
+    Parameters
+    ----------
+    device : str
+        A CUDA device: ``"cuda"`` (the current one) or ``"cuda:<index>"``. Constructing the
+        backend never touches the GPU.
+    name, chunk_size, slab_size
+        As for `TorchBackend`.
+
+    Examples
+    --------
+    >>> b = CudaTorchBackend()
+    >>> b.name, callable(b.memory_peak)
+    ('torch-cuda', True)
+    """
+
+    def __init__(self, device: str = "cuda", *, name: str | None = None,
+                 chunk_size: int | None = None, slab_size: int | None = None) -> None:
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"`device` must be a cuda device; got {device!r}")
+        super().__init__(device, name=name, chunk_size=chunk_size, slab_size=slab_size)
+
+    def memory_peak(self, fn: Callable[[], Any]) -> int:
+        """Peak device bytes allocated while ``fn()`` runs, beyond those allocated before it
+        (ZS-ON-MEMORY): the caching allocator's counters, which see what the process's
+        resident size does not.
+
+        Parameters
+        ----------
+        fn : callable
+            Called once with no arguments; its result is dropped after the measurement.
+
+        Returns
+        -------
+        int
+            Bytes.
         """
-        if not self._cuda:
-            raise AttributeError(
-                "the CPU torch backend has no `memory_peak`: its memory is the process's "
-                "resident size"
-            )
-        return self._cuda_memory_peak
-
-    def _cuda_memory_peak(self, fn: Callable[[], Any]) -> int:
-        """Bytes beyond those allocated before ``fn()`` at the allocator's peak during it."""
         self._ready()
         device = torch.device(self.device)
         torch.cuda.synchronize(device)
@@ -255,5 +280,5 @@ class TorchBackend:
 backend = TorchBackend("cpu")
 """Entry point ``torch``: tensors on the CPU."""
 
-cuda_backend = TorchBackend("cuda")
+cuda_backend = CudaTorchBackend("cuda")
 """Entry point ``torch-cuda``: tensors on the current CUDA device (constructed lazily)."""

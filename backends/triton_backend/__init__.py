@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from zeros_backends.torch_backend import TorchBackend, chunked
+from zeros_backends.torch_backend import CudaTorchBackend, TorchBackend, chunked
 from zeros_ref import kernel
 
-__all__ = ["CHUNK_SIZE", "TritonBackend", "backend", "interpreting"]
+__all__ = ["CHUNK_SIZE", "CudaTritonBackend", "TritonBackend", "backend", "interpreting"]
 
 CHUNK_SIZE = 64
 """Default chunk length C on both devices (a power of two, at least 16, as the kernels'
@@ -62,6 +62,7 @@ class TritonBackend(TorchBackend):
     device : str or None
         ``"cpu"`` (the kernels run in Triton's interpreter: needs ``TRITON_INTERPRET=1``) or a
         CUDA device; None takes ``"cpu"`` when ``TRITON_INTERPRET=1`` is set, else ``"cuda"``.
+        On CUDA, `CudaTritonBackend` adds `memory_peak` (which this class has on no device).
     name : str
         The name in reports.
     chunk_size : int
@@ -129,6 +130,23 @@ class TritonBackend(TorchBackend):
         return functools.partial(kernels, precision=precision, slab_size=self.slab_size)
 
 
-backend = TritonBackend()
+class CudaTritonBackend(TritonBackend, CudaTorchBackend):
+    """`TritonBackend` on a CUDA device, with `memory_peak`, the device-memory measure of
+    ZS-ON-MEMORY (`CudaTorchBackend.memory_peak`).
+
+    Parameters
+    ----------
+    device : str
+        A CUDA device, ``"cuda"`` or ``"cuda:<index>"``.
+    name, chunk_size, slab_size
+        As for `TritonBackend`.
+    """
+
+    def __init__(self, device: str = "cuda", *, name: str = "triton",
+                 chunk_size: int = CHUNK_SIZE, slab_size: int | None = None) -> None:
+        super().__init__(device, name=name, chunk_size=chunk_size, slab_size=slab_size)
+
+
+backend = TritonBackend() if interpreting() else CudaTritonBackend()
 """Entry point ``triton``: CPU tensors in Triton's interpreter when ``TRITON_INTERPRET=1``,
-else CUDA tensors."""
+else CUDA tensors (with `memory_peak`)."""
