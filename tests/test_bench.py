@@ -1,9 +1,11 @@
-"""`zeros-bench` (zeros_bench): the correctness gate, the derived fields, the product ceiling
-and the softmax baseline; `zeros_machine`, which it shares with the backends and the suite."""
+"""`zeros-bench` (zeros_bench): the correctness gate, the derived fields, the product ceiling,
+the softmax baseline and the packed batch of ``--varlen``; `zeros_machine`, which it shares with
+the backends and the suite."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,55 @@ def test_dispatches_are_counted_for_torch_arrays_only() -> None:
     row = bench.measure_shape(torch_backend, shape, make, repeats=1)
     assert row["dispatch"]["ops"] > 0 and row["train_peak_bytes"] > 0
     assert "dispatch" not in bench.measure_shape(backend, shape, make, repeats=1)
+
+
+TINY = bench.Packed(bh=2, t=300, max_len=40, d=8, dv=4, dtype="float64", repeats=1)
+"""A packed batch small enough for a test: 300 tokens in sequences of 1 to 40."""
+
+
+def test_packed_lengths_are_seeded_and_fill_the_batch() -> None:
+    lengths = TINY.lengths()
+    assert sum(lengths) == TINY.t and min(lengths) >= 1 and max(lengths) <= TINY.max_len
+    assert lengths == TINY.lengths() and lengths != replace(TINY, seed=1).lengths()
+
+
+def test_varlen_run_reports_packed_dense_and_padded(tmp_path: Path, monkeypatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """``zeros-bench --backend reference --varlen --quick`` with the quick batch made tiny:
+    the three calls are timed and the ratios to the dense call are positive and finite."""
+    monkeypatch.setitem(bench.PACKED, "quick", TINY)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--backend", "reference", "--quick", "--varlen", "--softmax", "numpy",
+                       "--repeats", "1", "--json", str(out)]) == 0
+    varlen = json.loads(out.read_text())["varlen"]
+    lengths = TINY.lengths()
+    assert varlen["skipped"] is None and varlen["padded_skipped"] is None
+    assert (varlen["t"], varlen["bh"], varlen["d"], varlen["dv"]) == (300, 2, 8, 4)
+    assert varlen["sequences"] == len(lengths) and varlen["longest"] == max(lengths)
+    assert varlen["padded_tokens"] == len(lengths) * max(lengths) > varlen["tokens"] == 300
+    for call in ("packed", "dense", "padded"):
+        assert 0 < varlen[call]["min"] <= varlen[call]["median"], call
+    for ratio in ("packed_vs_dense", "padded_vs_dense"):
+        assert np.isfinite(varlen[ratio]) and varlen[ratio] > 0, ratio
+    printed = capsys.readouterr().out
+    assert "packed, with cu_seqlens" in printed and "padded to the longest" in printed
+
+
+def test_varlen_padding_over_the_budget_is_skipped_with_its_tokens() -> None:
+    from zeros_backends.reference import backend as reference
+
+    result = bench.measure_varlen(reference, replace(TINY, budget_bytes=1000, causal=False),
+                                  log=lambda _: None)
+    assert result["padded"] is None and result["padded_vs_dense"] is None
+    assert "over the budget" in result["padded_skipped"]
+    assert result["padded_bytes"] == bench.padded_bytes(TINY, TINY.lengths()) > 1000
+    assert result["padded_tokens"] > result["tokens"] and result["packed_vs_dense"] > 0
+    lines = bench.varlen_lines(result)
+    assert any(line.startswith("padded call not timed: its inputs") for line in lines)
+
+
+def test_varlen_is_not_timed_for_a_backend_that_does_not_claim_it() -> None:
+    assert "varlen" not in backend.features
+    result = bench.measure_varlen(backend, TINY, log=lambda _: None)
+    assert result == {"skipped": bench.varlen.not_claimed(backend)}
+    assert "does not claim the feature \"varlen\"" in bench.varlen_lines(result)[0]

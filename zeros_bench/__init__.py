@@ -19,7 +19,11 @@ GEMM rate of the machine (a large NumPy matmul). From these it derives
   one worker: the reference runs on one thread, so this ratio compares like with like;
 - the scaling ratios time(8N) / time(N) and peak memory(8N) / peak memory(N) (spec ZS-ON-TIME,
   ZS-ON-MEMORY; a linear method gives about 8, a quadratic one about 64);
-- the decode ratio time(long context) / time(short context) (ZS-ON-DECODE).
+- the decode ratio time(long context) / time(short context) (ZS-ON-DECODE);
+- with ``--varlen``, for a backend claiming the feature "varlen", the packed batch of spec 5.2
+  (`zeros_bench.varlen`): T tokens in sequences of random lengths timed as one packed call with
+  ``cu_seqlens``, as one dense sequence and padded to the longest sequence, with the ratios
+  packed / dense and padded / dense (ZS-ON-VARLEN).
 
 Before timing, `correctness_gate` runs the quick conformance profile; a backend that fails a
 MUST requirement gets no timings (exit status 1). Devices are synchronised through the
@@ -27,18 +31,19 @@ backend's optional ``synchronize()`` after each timed call; peak memory comes fr
 optional ``memory_peak(fn)``, or from tracemalloc for NumPy arrays. Every timing is the
 minimum over repeats (the machine's noise only ever adds time); medians are kept in the JSON.
 
-Usage: ``zeros-bench [--backend numpy] [--config NAME] [--quick] [--json out.json]
+Usage: ``zeros-bench [--backend numpy] [--config NAME] [--quick] [--varlen] [--json out.json]
 [--plot out.png]``.
 
-Modules, one job each: `configs` (the shapes), `measure` (timings, memory, rates, one row),
-`baselines` (softmax attention), `gate` (the quick conformance run first), `report` (machine,
-table, plot) and `cli`. The machine description and the BLAS-thread limit come from
-`zeros_machine`, shared with the NumPy backend and the conformance report.
+Modules, one job each: `configs` (the shapes and packed batches), `measure` (timings, memory,
+rates, one row), `varlen` (the packed batch), `baselines` (softmax attention), `gate` (the
+quick conformance run first), `report` (machine, table, plot) and `cli`. The machine
+description and the BLAS-thread limit come from `zeros_machine`, shared with the NumPy backend
+and the conformance report.
 """
 
 from .baselines import blocked_softmax, softmax
 from .cli import main, run
-from .configs import CONFIGS, DEFAULT_CONFIGS, Config, Shape
+from .configs import CONFIGS, DEFAULT_CONFIGS, PACKED, Config, Packed, Shape
 from .gate import correctness_gate
 from .measure import (
     chunked_flops,
@@ -51,11 +56,14 @@ from .measure import (
     timed,
 )
 from .report import machine, plot, table
+from .varlen import measure_varlen, padded_bytes, varlen_lines
 
 __all__ = [
     "CONFIGS",
     "DEFAULT_CONFIGS",
+    "PACKED",
     "Config",
+    "Packed",
     "Shape",
     "blocked_softmax",
     "chunked_flops",
@@ -66,6 +74,8 @@ __all__ = [
     "main",
     "measure_decode",
     "measure_shape",
+    "measure_varlen",
+    "padded_bytes",
     "peak_memory",
     "plot",
     "product_rate",
@@ -73,4 +83,5 @@ __all__ = [
     "softmax",
     "table",
     "timed",
+    "varlen_lines",
 ]

@@ -12,18 +12,21 @@ from typing import Any
 from zeros_conformance import PASSED, protocol, registry
 
 from .baselines import softmax
-from .configs import CONFIGS, DEFAULT_CONFIGS, Config, Shape
+from .configs import CONFIGS, DEFAULT_CONFIGS, PACKED, Config, Packed, Shape
 from .gate import correctness_gate
 from .measure import derive, gemm_rate, measure_decode, measure_shape
 from .report import machine, machine_line, plot, table
+from .varlen import measure_varlen, not_claimed
 
 __all__ = ["main", "run"]
 
 
 def run(backend: Any, configs: Mapping[str, Config], *, softmax_kind: str = "auto",
-        repeats: int | None = None, log: Callable[[str], None] = print) -> dict:
+        repeats: int | None = None, varlen: Packed | None = None,
+        log: Callable[[str], None] = print) -> dict:
     """Measure the configurations (name -> `Config`); returns the report (see `main`). The
-    decode step is timed for the first shape when it is causal."""
+    decode step is timed for the first shape when it is causal, and with `varlen` the packed
+    batch (`zeros_bench.varlen`; the report's "varlen" is None without it)."""
     device = protocol.device(backend)
     softmax_name, make_softmax = softmax(softmax_kind, device)
     report: dict[str, Any] = {"backend": protocol.name(backend),
@@ -51,6 +54,7 @@ def run(backend: Any, configs: Mapping[str, Config], *, softmax_kind: str = "aut
                                repeats or config.repeats)
         short, long = (times[str(c)]["min"] for c in config.decode)
         report["decode"] = {"bh": config.shapes[0].bh, "times": times, "ratio": long / short}
+    report["varlen"] = None if varlen is None else measure_varlen(backend, varlen, log=log)
     return report
 
 
@@ -68,6 +72,16 @@ def _configs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
     names = ["quick"] if args.quick else (args.config or list(DEFAULT_CONFIGS))
     return {name: Config(tuple(replace(shape, **options) for shape in CONFIGS[name].shapes),
                          CONFIGS[name].decode, CONFIGS[name].repeats) for name in names}
+
+
+def _packed(args: argparse.Namespace) -> Packed | None:
+    """The packed batch of `--varlen` (the quick one with `--quick`), with `--dtype`, the mode
+    and `--repeats` applied where given; None without `--varlen`."""
+    if not args.varlen:
+        return None
+    options = {key: value for key, value in (("dtype", args.dtype), ("causal", args.causal),
+                                             ("repeats", args.repeats)) if value is not None}
+    return replace(PACKED["quick" if args.quick else "full"], **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="causal attention (the default)")
     mode.add_argument("--bidirectional", dest="causal", action="store_const", const=False,
                       help="bidirectional attention (no decode step is timed)")
+    parser.add_argument("--varlen", action="store_true",
+                        help="also time a packed batch (backends claiming \"varlen\"): T tokens "
+                             "in sequences of random lengths with cu_seqlens, against one dense "
+                             "sequence of T tokens and padding to the longest sequence")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement")
     parser.add_argument("--softmax", choices=("auto", "torch", "numpy"), default="auto",
                         help="softmax baseline: torch SDPA if importable (auto), or numpy")
@@ -103,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         print(f"zeros-bench: cannot load backend {args.backend!r}: {exc}", file=sys.stderr)
         return 2
+    packed = _packed(args)
+    if packed is not None and not_claimed(backend):
+        print(f"zeros-bench: --varlen: {not_claimed(backend)}; no packed timings",
+              file=sys.stderr)
     failures = correctness_gate(backend, args.backend)
     if failures:
         print(f"zeros-bench: backend {args.backend!r} fails the quick conformance run; no "
@@ -110,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in failures:
             print(f"  - {failure}", file=sys.stderr)
         return 1
-    report = run(backend, configs, softmax_kind=args.softmax, repeats=args.repeats)
+    report = run(backend, configs, softmax_kind=args.softmax, repeats=args.repeats,
+                 varlen=packed)
     report["gate"] = PASSED
     print(table(report))
     if args.json:

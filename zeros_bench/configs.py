@@ -1,10 +1,13 @@
-"""The shapes `zeros-bench` times: named configurations of B*H, N, D, Dv, dtype and gates."""
+"""The shapes `zeros-bench` times: named configurations of B*H, N, D, Dv, dtype and gates, and
+the packed batches of ``--varlen``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CONFIGS", "DEFAULT_CONFIGS", "Config", "Shape"]
+import numpy as np
+
+__all__ = ["CONFIGS", "DEFAULT_CONFIGS", "PACKED", "Config", "Packed", "Shape"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,45 @@ CONFIGS: dict[str, Config] = {
 ``quick`` is a tiny run for tests (``--quick``)."""
 
 DEFAULT_CONFIGS = ("bh8-n8192-d64", "bh8-n8192-d64-gates", "sweep-bh8-d64")
+
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A packed batch for ``--varlen`` (spec 5.2): bh = B*H rows of t tokens each, cut into
+    sequences of `min_len` to `max_len` tokens drawn with `seed` (the last one takes what is
+    left), d = D, dv = Dv, the dtype name and the mode. The padded call (every sequence
+    padded to the longest) is skipped when its inputs would take more than `budget_bytes`."""
+
+    bh: int = 8
+    t: int = 65536
+    max_len: int = 4096
+    d: int = 64
+    dv: int = 64
+    dtype: str = "float32"
+    causal: bool = True
+    min_len: int = 1
+    seed: int = 0
+    repeats: int = 5
+    budget_bytes: int = 2 * GIB
+
+    def lengths(self) -> list[int]:
+        """The sequence lengths, uniform in ``min_len .. max_len``, summing to t."""
+        rng = np.random.default_rng(self.seed)
+        lengths: list[int] = []
+        total = 0
+        while total < self.t:
+            length = min(int(rng.integers(self.min_len, self.max_len + 1)), self.t - total)
+            lengths.append(length)
+            total += length
+        return lengths
+
+
+PACKED: dict[str, Packed] = {
+    "full": Packed(),
+    "quick": Packed(bh=2, t=4096, max_len=512, d=16, dv=16, repeats=2),
+}
+"""The packed batches of ``--varlen``: ``full`` (B*H = 8, T = 65536 tokens in sequences of 1
+to 4096, D = Dv = 64) and ``quick`` (with ``--quick``)."""

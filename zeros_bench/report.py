@@ -9,6 +9,8 @@ import numpy as np
 import zeros_machine
 from zeros_conformance import protocol
 
+from .varlen import varlen_lines
+
 __all__ = ["machine", "machine_line", "plot", "table"]
 
 
@@ -72,6 +74,8 @@ def table(report: dict) -> str:
                           for c, t in decode["times"].items())
         lines.append(f"decode step (bh={decode['bh']}, one token with state): {steps}; "
                      f"long/short {decode['ratio']:.3f}")
+    if report.get("varlen"):
+        lines += varlen_lines(report["varlen"])
     return "\n".join(lines)
 
 
