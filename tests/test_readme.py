@@ -1,5 +1,6 @@
-"""The README's promises: two Quickstart lines, a usage example that runs, an example backend
-file that passes the quick conformance run, and a backend table that is the registry's."""
+"""The README's promises: two Quickstart lines, usage examples that run (a streamed call and a
+packed one), an example backend file that passes the quick conformance run, and a backend table
+that is the registry's."""
 
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def test_usage_example_runs() -> None:
         first=namespace["g1"], higher=namespace["gh"])
     streamed = np.concatenate([namespace["first"], namespace["rest"]], axis=-2)
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-12)
+
+
+def test_packed_example_runs() -> None:
+    """The packed block, run after the first one: every sequence's tokens of the prefill and
+    of the continuation from the returned states equal one call on the whole sequence."""
+    namespace: dict = {}
+    for marker in ("return_state=True", "cu_seqlens"):
+        exec(next(b for b in blocks("python") if marker in b), namespace)
+    first, then = (0, 50, 80, 100), (0, 1, 8, 8)  # the offsets of the two calls
+    for j in range(3):
+        a, b, c, d = first[j], first[j + 1], then[j], then[j + 1]
+        whole = [np.concatenate([namespace[x][:, a:b], namespace[y][:, c:d]], axis=1)
+                 for x, y in (("pq", "nq"), ("pk", "nk"), ("pv", "nv"), ("ps", "ns"))]
+        expected = namespace["zeros_ref"].attention(*whole[:3], logits=whole[3])
+        got = np.concatenate([namespace["packed"][:, a:b], namespace["more"][:, c:d]], axis=1)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12, err_msg=f"sequence {j}")
+    assert namespace["states"].length == (51, 37, 20)
 
 
 def test_example_backend_conforms(tmp_path: Path) -> None:
