@@ -69,6 +69,10 @@ def decode_steps_equal_prefill(ctx: Context) -> Iterator[Measurement]:
             yield _streaming_agreement(ctx, inputs, dtype, list(range(70, 95)), decode=True)
 
 
+class _Foreign:
+    """An object that is no backend's state."""
+
+
 @check("ZS-ERR-STATE")
 def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
     """A state from other leading axes, D or Dv (`ValueError`), of another compute dtype or
@@ -93,7 +97,7 @@ def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
         _, narrow_state = ctx.attention(*narrow[:3], logits=narrow[3], return_state=True)
         yield raises(lambda: ctx.attention(q, k, v, logits=s, state=narrow_state), (TypeError,),
                      "state", {"state from": "float32", "inputs": "float64"})
-    for label, foreign in (("a dict", {"F": None}), ("a numpy array", np.zeros((2, 3, 4, 3)))):
+    for label, foreign in (("a string", "state"), ("an object of another class", _Foreign())):
         yield raises(lambda f=foreign: ctx.attention(q, k, v, logits=s, state=f), (TypeError,),
                      "state", {"state": label})
     yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, state=state),

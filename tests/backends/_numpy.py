@@ -21,9 +21,26 @@ class NumpyArrays:
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` scaled to unit length, zero rows kept zero."""
+    """Rows of `x` scaled to unit length, zero rows kept zero, at any scale: each row is
+    divided by its largest magnitude before its norm is taken (ZS-STAB-MAGNITUDE)."""
+    peak = np.max(np.abs(x), axis=-1, keepdims=True)
+    x = x / np.where(peak > 0, peak, 1.0)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(norm > 0, norm, 1.0)
+
+
+def check_state(state: Any, dtype: str, slot: str, shape: tuple[int, ...]) -> None:
+    """The errors of ZS-ERR-STATE for a state kept as a dict of arrays that records the compute
+    dtype of the call that made it: `TypeError` for another object or dtype, `ValueError`
+    when ``state[slot]`` does not have `shape`."""
+    if not isinstance(state, dict):
+        raise TypeError(f"`state` must be a state returned by this backend; got "
+                        f"{type(state).__name__}")
+    if state["dtype"] != dtype:
+        raise TypeError(f"`state` was made by a {state['dtype']} call, not {dtype}")
+    if state[slot].shape != shape:
+        raise ValueError(f"`state` holds {slot} of shape {state[slot].shape}, these inputs "
+                         f"need {shape}")
 
 
 def gate(g: Any, shape: tuple[int, ...]) -> np.ndarray:

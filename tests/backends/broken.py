@@ -320,6 +320,10 @@ class HistoryState(NumpyArrays):
             state = {"k": np.zeros((*batch, 0, d), inp.dtype),
                      "v": np.zeros((*batch, 0, dv), inp.dtype),
                      "logits": None if logits is None else np.zeros((*batch, 0), inp.dtype)}
+        if not isinstance(state, dict):
+            raise TypeError(f"`state` must be this backend's; got {type(state).__name__}")
+        if state["k"].dtype != inp.dtype:
+            raise TypeError(f"`state` holds {state['k'].dtype} tokens, not {inp.dtype}")
         if state["k"].shape[:-2] != batch or state["k"].shape[-1] != d or \
                 state["v"].shape[-1] != dv:
             raise ValueError(f"`state` does not fit leading axes {batch}, D={d}, Dv={dv}")

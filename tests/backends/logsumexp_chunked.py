@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
-from _numpy import NumpyArrays, unit
+from _numpy import NumpyArrays, check_state, unit
 
 from zeros_ref.kernel import check_inputs
 
@@ -30,7 +30,7 @@ class LogSumExpChunked(NumpyArrays):
         q, k, v = (np.asarray(x, dtype=np.float64) for x in (inp.q, inp.k, inp.v))
         gates = [np.asarray(g, dtype=np.float64) for g in (inp.first, inp.higher, inp.zero)]
         batch, d, dv = inp.batch, q.shape[-1], v.shape[-1]
-        st = self._start(state, batch, d, dv)
+        st = self._start(state, batch, d, dv, str(inp.compute_dtype))
         s = self._logits(inp.logits, k, st, causal)
         if causal:
             out = self._causal(st, unit(q), unit(k), v, s, gates)
@@ -41,12 +41,13 @@ class LogSumExpChunked(NumpyArrays):
         return (out, st) if return_state else out
 
     @staticmethod
-    def _start(state: Any, batch: tuple[int, ...], d: int, dv: int) -> dict[str, Any]:
+    def _start(state: Any, batch: tuple[int, ...], d: int, dv: int,
+               dtype: str) -> dict[str, Any]:
         if state is None:
             return {"n": 0, "L": np.full(batch, -np.inf), "mean": np.zeros(batch),
-                    "S": np.zeros((*batch, 3, d, dv)), "key_sum": np.zeros((*batch, d))}
-        if not isinstance(state, dict) or state["S"].shape != (*batch, 3, d, dv):
-            raise ValueError(f"`state` does not fit leading axes {batch}, D={d}, Dv={dv}")
+                    "S": np.zeros((*batch, 3, d, dv)), "key_sum": np.zeros((*batch, d)),
+                    "dtype": dtype}
+        check_state(state, dtype, "S", (*batch, 3, d, dv))
         return dict(state)
 
     @staticmethod

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
-from _numpy import NumpyArrays, unit
+from _numpy import NumpyArrays, check_state, unit
 
 from zeros_ref.kernel import check_inputs
 
@@ -28,7 +28,7 @@ class Recurrent(NumpyArrays):
         q, k, v = (np.asarray(x, dtype=np.float64) for x in (inp.q, inp.k, inp.v))
         g1, gh, g0 = (np.asarray(g, dtype=np.float64) for g in (inp.first, inp.higher, inp.zero))
         d, dv = q.shape[-1], v.shape[-1]
-        st = self._start(state, inp.batch, d, dv)
+        st = self._start(state, inp.batch, d, dv, str(inp.compute_dtype))
         explicit = None if inp.logits is None else np.asarray(inp.logits, dtype=np.float64)
         if not causal and explicit is None:
             kbar = k.sum(axis=-2) / (1.0 + k.shape[-2])
@@ -47,15 +47,15 @@ class Recurrent(NumpyArrays):
         return (out, st) if return_state else out
 
     @staticmethod
-    def _start(state: Any, batch: tuple[int, ...], d: int, dv: int) -> dict[str, Any]:
+    def _start(state: Any, batch: tuple[int, ...], d: int, dv: int,
+               dtype: str) -> dict[str, Any]:
         if state is None:
             zeros = np.zeros(batch)
             return {"n": 0, "m": zeros, "E": zeros, "mean": zeros,
                     "F": np.zeros((*batch, d, dv)), "G": np.zeros((*batch, d, dv)),
-                    "H": np.zeros((*batch, d, dv)), "key_sum": np.zeros((*batch, d))}
-        if not isinstance(state, dict) or state["H"].shape != (*batch, d, dv):
-            raise ValueError(f"`state` does not fit inputs with leading axes {batch}, D={d}, "
-                             f"Dv={dv}")
+                    "H": np.zeros((*batch, d, dv)), "key_sum": np.zeros((*batch, d)),
+                    "dtype": dtype}
+        check_state(state, dtype, "H", (*batch, d, dv))
         return {name: np.copy(value) for name, value in state.items()}
 
     @staticmethod
