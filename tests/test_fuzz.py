@@ -277,6 +277,9 @@ def test_default_logits_past_the_range_name_k(name: str, dtype: str, n: int, d: 
 # -- regression tests of bugs the fuzzing found ---------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="open bug of the torch chunk form (and so Triton), found "
+                   "by the fuzzing in issue 21: a far logit later in a chunk costs earlier rows "
+                   "of the chunk first-order accuracy; remove this mark with the fix")
 @pytest.mark.req("ZS-STAB-MAGNITUDE", "ZS-DEF-CAUSAL")
 @pytest.mark.parametrize(("dtype", "far"), [("float32", 1e10), ("float64", 1e20)])
 @pytest.mark.parametrize("name", ["torch", "triton"])
@@ -309,6 +312,9 @@ def test_torch_far_logit_later_in_a_chunk_keeps_earlier_rows(name: str, dtype: s
     assert result.passed, result.describe()
 
 
+@pytest.mark.xfail(strict=True, reason="open bug of the NumPy backend, found by the fuzzing in "
+                   "issue 21: a slab's shared frame takes small values before a larger later "
+                   "logit into float32 subnormals; remove this mark with the fix")
 @pytest.mark.req("ZS-STAB-MAGNITUDE")
 def test_numpy_small_values_keep_their_weights_before_a_larger_later_logit() -> None:
     """Values near the smallest the rule allows (max |v| >= tiny / eps) keep their weights in
