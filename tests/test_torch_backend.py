@@ -183,8 +183,9 @@ def test_default_form_takes_the_backends_slab_size(monkeypatch) -> None:
 
 @pytest.mark.req("ZS-ERR-NONFINITE", "ZS-ERR-NONFINITE-V")
 def test_non_finite_values_are_screened_before_any_form(rng: np.random.Generator) -> None:
-    """A form given by the caller reads finite `Chunks` and `Sums` whatever the inputs hold,
-    and gives the default form's outputs and state, NaN in the same places: the rows a
+    """A form given by the caller computes on finite numbers whatever the inputs hold (the
+    vectors as `Chunks.vectors` gives them, every other field of `Chunks` and `Sums` as it
+    is), and gives the default form's outputs and state, NaN in the same places: the rows a
     non-finite q or gate reaches (its own), and those a non-finite k, v or logit reaches
     (every later row of its sequence, and the state)."""
     case = draw_case(rng, 50, d=4, dv=3, batch=(3,), gates="random")
@@ -200,7 +201,9 @@ def test_non_finite_values_are_screened_before_any_form(rng: np.random.Generator
     finite = []
 
     def form(chunks: chunked.Chunks, sums: chunked.Sums) -> Any:
-        tensors = [*chunks.by_name().values(), *sums.by_name().values()]
+        given = ("q", "k", "v", "q_peak", "k_peak")  # read through `vectors` only
+        tensors = [*chunks.vectors(), *sums.by_name().values(),
+                   *(x for name, x in chunks.by_name().items() if name not in given)]
         finite.append(all(bool(torch.isfinite(x).all()) for x in tensors))
         return chunked.slabs(chunks, sums, slab_size=2)
 
@@ -219,6 +222,48 @@ def test_non_finite_values_are_screened_before_any_form(rng: np.random.Generator
     expected[2, 41:] = True
     assert torch.equal(nan_rows, expected)
     assert torch.isnan(got_state.kv).flatten(1).any(dim=1).tolist() == [False, True, True]
+
+
+def test_the_screening_copies_no_vector(rng: np.random.Generator) -> None:
+    """The screening decides with reductions and hands the vectors on as given (views of the
+    inputs: no copy of q, k or v the size of the call); `Chunks.vectors` gives the unit
+    directions of the reference (ZS-DEF-COSINE) and finite values."""
+    case = draw_case(rng, 40, d=4, dv=3, batch=(2,))
+    case.q, case.k, case.v = (np.broadcast_to(x, (2, 40, x.shape[-1])).copy()
+                              for x in (case.q, case.k, case.v))
+    case.k[1, 7, 2] = np.nan
+    inp, state = _checked(case)
+    seen = []
+
+    def form(chunks: chunked.Chunks, sums: chunked.Sums) -> Any:
+        seen.append(chunks)
+        return chunked.slabs(chunks, sums)
+
+    chunked.attention(inp, state, causal=True, chunk=8, return_state=True, form=form)
+    (chunks,) = seen
+    for name in ("q", "k", "v"):
+        assert getattr(chunks, name).data_ptr() == getattr(inp, name).data_ptr(), name
+    q, k, v = chunks.vectors()
+    raw = [x.reshape(q.shape[0], -1, x.shape[-1]) for x in (inp.q, inp.k, inp.v)]
+    want_q = raw[0] / torch.linalg.vector_norm(raw[0], dim=-1, keepdim=True)
+    torch.testing.assert_close(q.reshape(want_q.shape), want_q, rtol=1e-15, atol=1e-15)
+    assert torch.equal(k.reshape(raw[1].shape)[1, 7], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(v.reshape(raw[2].shape), raw[2])
+
+
+@pytest.mark.req("ZS-ON-MEMORY")
+def test_a_forward_call_holds_no_whole_copy_of_its_vectors() -> None:
+    """The peak a forward call allocates beyond its inputs: the output and a slab's
+    temporaries, under three times the bytes of q at N = 16384 (whole-call copies of the unit
+    directions and values would take it past five)."""
+    from zeros_bench.dispatch import peak_allocated
+
+    rng = np.random.default_rng(0)
+    q, k, v = (backend.from_numpy(rng.normal(size=(2, 16384, 64)), "float32")
+               for _ in range(3))
+    backend.attention(q, k, v)  # load lazily
+    peak = peak_allocated(lambda: backend.attention(q, k, v))
+    assert q.nbytes < peak < 3 * q.nbytes, peak / q.nbytes
 
 
 @pytest.mark.req("ZS-STREAM-PIECES")

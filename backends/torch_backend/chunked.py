@@ -5,13 +5,17 @@ and computes the same sums with the same frames, arranged for a device that want
 operations and no data-dependent branches. `attention` does everything around the chunks of a
 causal call and hands them to a `Form`, which computes their outputs:
 
-1. **Non-finite values, once, before any form** (ZS-ERR-NONFINITE, -V; `screen`). Vectors,
-   logits and gates that are not finite are replaced (a vector holding one by a zero vector,
-   the non-finite entries of the values, logits and gates by zeros), and the unit directions
-   of q and k are taken (spec 2.1). Every form therefore computes on finite numbers; then the
-   rows a non-finite value reaches (its own row for q and the gates, every later row for k, v
-   and the logits) are set to NaN, as is a returned state: `where` selections and masks,
-   never a branch on tensor data.
+1. **Non-finite values, once, before any form** (ZS-ERR-NONFINITE, -V; `screen`). The
+   screening decides, with reductions over the whole call, which vectors, logits and gates
+   are not finite: the logits and gates are replaced (their non-finite entries by zeros), and
+   the peaks of q and k it takes mark the vectors that hold one. A form reads the vectors
+   through `Chunks.vectors` (`screen.directions`): the unit directions of spec 2.1, a zero
+   vector where the screening found a non-finite value, and the values with their non-finite
+   entries zero, taken where the form needs them (a slab at a time in the default form, so
+   that no copy of q, k or v the size of the call is made). Every form therefore computes on
+   the same finite numbers; then the rows a non-finite value reaches (its own row for q and
+   the gates, every later row for k, v and the logits) are set to NaN, as is a returned
+   state: `where` selections and masks, never a branch on tensor data.
 2. **Frames** (`_causal`). Row t keeps its own running max m_t (a `cummax`), so within a
    chunk the C x C weights ``exp(s_i - m_t)`` are exact for every row (spec 4.2, steps 1-4).
    Between chunks the sums after chunk c are kept relative to M_c, the running max at its end
@@ -39,12 +43,17 @@ Two kinds of logit fix the frames:
   no re-centring from chunk to chunk.
 - M_c (R,), the running max at the end of chunk c; M_{-1} = s_ref.
 
-`Chunks` (finite throughout; padding tokens have s = rel = w = 0 and zero vectors):
+`Chunks` (finite but for q, k, v and their peaks, which a form reads only through
+`Chunks.vectors`; padding tokens have s = rel = w = 0 and zero vectors):
 
     field     shape           holds                                  frame or reference
     t         (nc, C)         n_t, tokens up to row t, state's too   -
-    q, k      (R, nc, C, D)   unit directions (0 if not finite)      -
-    v         (R, nc, C, Dv)  values (non-finite entries 0)          -
+    q, k      (R, nc, C, D)   the vectors as given (`vectors`: unit  -
+                              directions, 0 if not finite)
+    v         (R, nc, C, Dv)  the values as given (`vectors`:        -
+                              non-finite entries 0)
+    q_peak,   (R, nc, C)      largest magnitude of q_t, k_t; NaN or  -
+    k_peak                    inf where the vector is not finite
     s         (R, nc, C)      the logits s_i                         absolute
     rel       (R, nc, C)      s_i - s_ref                            about s_ref
     w         (R, nc, C)      exp(s_i - M_c) <= 1, the key weight    frame M_c of its chunk
@@ -77,13 +86,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-from .screen import Screened, screen
+from .screen import Screened, directions, screen
 from .slab import Chunks, Sums, slab
 
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "slabs",
@@ -101,6 +111,7 @@ backward."""
 Form = Callable[[Chunks, Sums], tuple[torch.Tensor, Sums]]
 """A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and the sums after the
 last, from `Chunks` and the sums before the first (in the frame M_{-1} = ``m_prev[:, 0]``).
+The outputs are a fresh tensor of the form's own (`attention` writes NaN into them in place).
 The default is `slabs`; a backend with kernels of its own passes them to `attention`."""
 
 
@@ -262,7 +273,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     end = None
     if causal:
         form = functools.partial(slabs, slab_size=slab_size) if form is None else form
-        out, end = _causal(st, clean, k, n, chunk, form, return_state)
+        out, end = _causal(st, clean, n, chunk, form, return_state)
         after_bad_key = torch.cumsum(clean.bad_keys.to(torch.int32), dim=1) > 0  # (R, L)
         reached = clean.bad_rows | after_bad_key
         if end is not None:
@@ -270,20 +281,38 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     else:
         out = _bidirectional(clean, n)
         reached = clean.bad_rows | clean.bad_keys.any(dim=1, keepdim=True)
-    out = torch.where(reached[..., None], math.nan, out)
+    out = _poisoned(out, reached)
     out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
     return out, (None if end is None else end.with_batch(torch, batch))
 
 
+def _poisoned(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The outputs (R, L, Dv) with NaN in the rows `rows` (R, L) says: in place, on the
+    form's fresh outputs, so that no second buffer of their size is made (its gradient is
+    zero in those rows)."""
+    return out.masked_fill_(rows[..., None], math.nan)
+
+
+def _recomputed(step: Callable[..., Any], *args: Any) -> Any:
+    """`step(*args)`; when gradients are recorded, its intermediates are recomputed in the
+    backward pass instead of kept (activation checkpointing): training memory stays a small
+    multiple of the inputs rather than of every temporary."""
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
+                                       for x in args):
+        return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
+    return step(*args)
+
+
 def _bidirectional(clean: Screened, n: int) -> torch.Tensor:
     """Spec 4.3: one whole-sequence state, read by every row with n = N. Returns (R, N, Dv)."""
-    qh, kh, s = clean.q, clean.k, clean.s
+    qh, kh, v = _recomputed(directions, clean.q, clean.k, clean.v, clean.q_peak, clean.k_peak)
+    s = clean.s
     top = s.amax(dim=1, keepdim=True)  # (R, 1), also s_ref
     rel = s - top  # (R, N)
     w = torch.exp(rel)
     mean_rel = rel.mean(dim=1, keepdim=True)  # sbar - s_ref
     keys = torch.cat([w[..., None] * kh, rel[..., None] * kh, kh], dim=-1)  # (R, N, 3D)
-    sums = keys.transpose(1, 2) @ clean.v  # (R, 3D, Dv): F, G', H
+    sums = keys.transpose(1, 2) @ v  # (R, 3D, Dv): F, G', H
     a = clean.higher / w.sum(dim=1, keepdim=True)
     b = (clean.first - clean.higher) / n
     c = (clean.zero - clean.higher) / n - b * mean_rel
@@ -291,12 +320,12 @@ def _bidirectional(clean: Screened, n: int) -> torch.Tensor:
     return query @ sums
 
 
-def _causal(st: State, clean: Screened, keys: torch.Tensor, n: int, chunk: int, form: Form,
+def _causal(st: State, clean: Screened, n: int, chunk: int, form: Form,
             return_state: bool) -> tuple[torch.Tensor, State | None]:
     """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`.
 
-    `clean` holds the screened inputs (R, L, ...), L = nc C >= n real tokens, and `keys` the
-    raw keys (R, L, D) for the state's key sum. Returns the outputs (R, L, Dv) and, with
+    `clean` holds the screened inputs (R, L, ...), L = nc C >= n real tokens (its raw keys
+    also give the state's key sum). Returns the outputs (R, L, Dv) and, with
     `return_state`, the state after the call (rows R; the caller spoils it where a
     non-finite value was met).
     """
@@ -324,7 +353,8 @@ def _causal(st: State, clean: Screened, keys: torch.Tensor, n: int, chunk: int, 
 
     d = clean.q.shape[-1]
     chunks = Chunks(t=t.reshape(nc, chunk), q=per_chunk(clean.q, d), k=per_chunk(clean.k, d),
-                    v=per_chunk(clean.v, dv), s=per_chunk(s), rel=per_chunk(rel), w=w,
+                    v=per_chunk(clean.v, dv), q_peak=per_chunk(clean.q_peak),
+                    k_peak=per_chunk(clean.k_peak), s=per_chunk(s), rel=per_chunk(rel), w=w,
                     m_row=m_row, decay=torch.exp(m_prev[..., None] - m_row),
                     mean=per_chunk(mean_rel), first=per_chunk(clean.first),
                     higher=per_chunk(clean.higher), zero=per_chunk(clean.zero),
@@ -334,7 +364,7 @@ def _causal(st: State, clean: Screened, keys: torch.Tensor, n: int, chunk: int, 
     if not return_state:
         return out, None
     end = state_from_sums(after, length=st.length + n, frame=m_end[:, -1], reference=s_ref,
-                          mean=mean_rel[:, n - 1], key_sum=st.key_sum + keys.sum(dim=1))
+                          mean=mean_rel[:, n - 1], key_sum=st.key_sum + clean.k.sum(dim=1))
     return out, end
 
 

@@ -1,11 +1,20 @@
 """Non-finite inputs, handled once before any form of `chunked` computes the chunks
 (ZS-ERR-NONFINITE, ZS-ERR-NONFINITE-V), and the unit directions of spec 2.1.
 
-`screen` hands every form finite numbers: a query or key vector holding a non-finite entry
-becomes a zero vector, and the non-finite entries of the values, the logits and the gates
-become zeros. It also says where they were, so that `chunked.attention` sets to NaN the rows
-they reach (its own row for a query or a gate; every later row, and the state, for a key, a
-value or a logit), with `where` selections, never a branch on tensor data.
+`screen` runs once over the whole call, before any form, and decides everything about
+non-finite inputs with cheap reductions: the logits and the gates become finite (their
+non-finite entries zeros), the largest magnitude of every query and key vector is taken (NaN
+or inf exactly where the vector holds a non-finite value), and it says where non-finite
+values were, so that `chunked.attention` sets to NaN the rows they reach (its own row for a
+query or a gate; every later row, and the state, for a key, a value or a logit), with `where`
+selections, never a branch on tensor data.
+
+The vectors themselves are not copied: whole-call copies of q, k and v would cost a pass over
+memory each. A form reads them through `directions`, with the peaks of the screening, where
+it needs them (the default form a slab at a time, so that the temporaries stay in the caches;
+Triton's for the whole call): unit directions of q and k, a zero vector where the screening
+found a non-finite value, and the values with non-finite entries zero. Every form therefore
+computes on the same finite numbers.
 
 Shapes: R rows (the flattened leading axes), L tokens (padding included), D and Dv.
 """
@@ -13,21 +22,23 @@ Shapes: R rows (the flattened leading axes), L tokens (padding included), D and 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.utils.checkpoint
 
-__all__ = ["Screened", "screen"]
+__all__ = ["Screened", "directions", "screen"]
 
 
 class Screened(NamedTuple):
-    """The inputs as every form takes them, finite, and where they were not (R rows, L
-    tokens); used by field name."""
+    """The inputs of a call as the screening leaves them (R rows, L tokens); used by field
+    name. The logits and gates are finite; the vectors are as given, to be read through
+    `directions` with their peaks."""
 
-    q: torch.Tensor  # (R, L, D) unit query directions
-    k: torch.Tensor  # (R, L, D) unit key directions
-    v: torch.Tensor  # (R, L, Dv) values
+    q: torch.Tensor  # (R, L, D) query vectors, as given
+    k: torch.Tensor  # (R, L, D) key vectors, as given
+    v: torch.Tensor  # (R, L, Dv) values, as given
+    q_peak: torch.Tensor  # (R, L) largest magnitude of q_t: NaN or inf where not finite
+    k_peak: torch.Tensor  # (R, L) largest magnitude of k_t: NaN or inf where not finite
     s: torch.Tensor  # (R, L) logits
     first: torch.Tensor  # (R, L) gate g1
     higher: torch.Tensor  # (R, L) gate gh
@@ -38,7 +49,7 @@ class Screened(NamedTuple):
 
 def screen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
            gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Screened:
-    """The inputs of a call as finite numbers, and where they were not (ZS-ERR-NONFINITE, -V).
+    """The inputs of a call screened for non-finite values (ZS-ERR-NONFINITE, -V).
 
     Parameters
     ----------
@@ -54,19 +65,29 @@ def screen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
     Returns
     -------
     Screened
-        Unit directions of q and k, values, logits and gates, with zeros where an input was
-        not finite (a whole zero vector for q and k), of the input's dtype; and the rows and
-        keys that were not. When autograd records, the directions are recomputed in the
-        backward pass instead of kept (`_recomputed`).
+        The logits and gates with zeros where they were not finite; the vectors as given
+        (not copied) with the peaks of q and k, which `directions` needs; and the rows and
+        keys that held a non-finite value. Reductions and (R, L) selections only: nothing of
+        the size of q, k or v is made.
     """
     s, bad_s = _finite(s)
     (first, bad_first), (higher, bad_higher), (zero, bad_zero) = (_finite(g) for g in gates)
-    peaks = _peak(q), _peak(k), _peak(v)  # (R, L) each
-    qh, kh, v = _recomputed(_directions, q, k, v, peaks[0], peaks[1])
-    bad_rows = bad_first | bad_higher | bad_zero | _broken(peaks[0])
-    bad_keys = _broken(torch.maximum(peaks[1], peaks[2])) | bad_s  # maximum keeps NaN
-    return Screened(q=qh, k=kh, v=v, s=s, first=first, higher=higher, zero=zero,
-                    bad_rows=bad_rows, bad_keys=bad_keys)
+    q_peak, k_peak, v_peak = _peak(q), _peak(k), _peak(v)  # (R, L) each
+    bad_rows = bad_first | bad_higher | bad_zero | _broken(q_peak)
+    bad_keys = _broken(torch.maximum(k_peak, v_peak)) | bad_s  # maximum keeps NaN
+    return Screened(q=q, k=k, v=v, q_peak=q_peak, k_peak=k_peak, s=s, first=first,
+                    higher=higher, zero=zero, bad_rows=bad_rows, bad_keys=bad_keys)
+
+
+def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
+               k_peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit directions of q and k (..., D) and finite values (..., Dv), from the vectors as
+    given and the peaks (...,) of q and k that `screen` took: a vector of q or k that holds a
+    non-finite entry becomes a zero vector, and so do the non-finite entries of the values.
+    Each vector is divided by its largest magnitude before its norm is taken, so the
+    direction is exact for any finite scale. Fresh tensors (the inputs are not written);
+    any leading axes, any strides."""
+    return _unit(q, q_peak), _unit(k, k_peak), torch.nan_to_num(v, 0.0, 0.0, 0.0)
 
 
 def _finite(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,16 +110,6 @@ def _broken(peak: torch.Tensor) -> torch.Tensor:
     return ~(peak < math.inf)
 
 
-def _directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
-                k_peak: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Unit directions of q and k (..., D) and the values (..., Dv), from raw vectors and the
-    largest magnitudes (...,) of q and k (`_peak`): a vector of q or k that holds a
-    non-finite entry becomes a zero vector, and so do the non-finite entries of the values.
-    Each vector is divided by its largest magnitude before its norm is taken, so the
-    direction is exact for any finite scale."""
-    return _unit(q, q_peak), _unit(k, k_peak), torch.nan_to_num(v, 0.0, 0.0, 0.0)
-
-
 def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
     """Unit vectors along the last axis, zero for zero vectors and for vectors holding a
     non-finite value (their peak is NaN or inf: x / peak is NaN or 0 throughout). Zeros are
@@ -110,17 +121,3 @@ def _unit(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
     norm = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
     norm = torch.where(norm > 0, norm, 1.0)
     return y / norm if recording else y.div_(norm)
-
-
-def _recomputed(step: Any, *args: Any) -> Any:
-    """`step(*args)`; when gradients are recorded, its intermediates are recomputed in the
-    backward pass instead of kept (activation checkpointing): training memory stays a small
-    multiple of the inputs rather than of every temporary."""
-    if _recording(*(x for x in args if isinstance(x, torch.Tensor))):
-        return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
-    return step(*args)
-
-
-def _recording(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records operations on these tensors (a flag, not tensor data)."""
-    return torch.is_grad_enabled() and any(x.requires_grad for x in tensors)

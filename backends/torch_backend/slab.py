@@ -3,7 +3,8 @@ consecutive chunks at once, given the sums before the slab; and the seam every f
 `chunked` reads and returns, `Chunks` and `Sums` (their frames: `chunked`'s docstring).
 
 Shapes: R rows, S chunks of C tokens, D and Dv. Everything here is a product or an
-elementwise operation on tensors of one slab, so its temporaries stay small and are reused
+elementwise operation on tensors of one slab, the unit directions included (taken from the
+slab's vectors as given, `screen.directions`), so its temporaries stay small and are reused
 by the allocator from slab to slab.
 """
 
@@ -15,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from .screen import directions
+
 __all__ = ["Chunks", "Sums", "slab"]
 
 
@@ -23,15 +26,19 @@ class Chunks(NamedTuple):
     name only (``chunks.q``), never by position.
 
     Shapes: R rows, nc chunks of C tokens, D and Dv, all of the compute dtype; padding tokens
-    (after the N real ones) have s = rel = w = 0 and zero vectors. Every field is finite.
+    (after the N real ones) have s = rel = w = 0 and zero vectors. Every field is finite but
+    the vectors, which are as the caller gave them (no whole-call copy), and their peaks: a
+    form reads those only through `vectors`, which gives finite unit directions and values.
     Frames: m_row is row t's running max m_t, m_prev and m_end the running max before and at
     the end of each chunk (M_{c-1}, M_c); s_ref is the call's reference logit.
     """
 
     t: torch.Tensor  # (nc, C) the count of tokens seen up to each row, state included
-    q: torch.Tensor  # (R, nc, C, D) unit query directions
-    k: torch.Tensor  # (R, nc, C, D) unit key directions
-    v: torch.Tensor  # (R, nc, C, Dv) values
+    q: torch.Tensor  # (R, nc, C, D) query vectors as given (read through `vectors`)
+    k: torch.Tensor  # (R, nc, C, D) key vectors as given (read through `vectors`)
+    v: torch.Tensor  # (R, nc, C, Dv) values as given (read through `vectors`)
+    q_peak: torch.Tensor  # (R, nc, C) largest magnitude of q_t, NaN or inf where not finite
+    k_peak: torch.Tensor  # (R, nc, C) largest magnitude of k_t, NaN or inf where not finite
     s: torch.Tensor  # (R, nc, C) logits
     rel: torch.Tensor  # (R, nc, C) s - s_ref
     w: torch.Tensor  # (R, nc, C) exp(s - M_c) <= 1, the key weights in their chunk's frame
@@ -47,6 +54,14 @@ class Chunks(NamedTuple):
     def by_name(self) -> dict[str, torch.Tensor]:
         """The fields, name -> tensor."""
         return {name: getattr(self, name) for name in Chunks._fields}
+
+    def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The vectors as every form computes with them (`screen.directions`): unit
+        directions of q and k, (R, nc, C, D) each, a zero vector where the screening found a
+        non-finite value; the values (R, nc, C, Dv) with non-finite entries zero. Fresh
+        contiguous tensors, differentiable in q, k and v."""
+        q, k, v = directions(self.q, self.k, self.v, self.q_peak, self.k_peak)
+        return q.contiguous(), k.contiguous(), v.contiguous()
 
     def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Chunks:
         """`function` applied to every field (which must keep its role and shape)."""
@@ -94,7 +109,7 @@ def slab(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
     Parameters
     ----------
     chunks : Chunks
-        S consecutive chunks (unit directions and finite values), in any strides.
+        S consecutive chunks (the vectors as given, with their peaks), in any strides.
     sums : Sums
         The sums before the slab: F and E in the frame ``chunks.m_prev[:, 0]``, G' about
         s_ref, H; (R, D, Dv) and E (R,), of the compute dtype.
@@ -106,8 +121,9 @@ def slab(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
     after : Sums
         The sums after the slab, F and E in the frame ``chunks.m_end[:, -1]``.
     """
-    # One contiguous copy of the vectors: the products below then make no hidden ones.
-    qc, kc, vc = chunks.q.contiguous(), chunks.k.contiguous(), chunks.v.contiguous()
+    # The slab's unit directions and finite values, one contiguous copy of each (in the
+    # caches): the products below then make no hidden ones.
+    qc, kc, vc = chunks.vectors()
     w, m_prev, m_end = chunks.w, chunks.m_prev, chunks.m_end
     rows, count, chunk, d = kc.shape
     dv = vc.shape[-1]
@@ -159,7 +175,8 @@ def _chunk_outputs(chunks: Chunks, qc: torch.Tensor, keys: torch.Tensor, vc: tor
     chunks : Chunks
         The slab's S chunks; its per-row fields (R, S, C) and counts t (S, C) in any strides.
     qc, vc : torch.Tensor
-        ``chunks.q`` (R, S, C, D) and ``chunks.v`` (R, S, C, Dv), contiguous.
+        The unit query directions (R, S, C, D) and the finite values (R, S, C, Dv) of
+        ``chunks.vectors()``, contiguous.
     keys : torch.Tensor
         (R S, D, C), the transposed keys of every chunk.
     before : Sums

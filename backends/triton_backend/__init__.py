@@ -5,7 +5,8 @@ It must equal the reference form, `zeros_ref.attention`, to the tolerance of spe
 torch chunk form (`zeros_backends.torch_backend.chunked`) computes the frames, the default
 logits, the non-finite handling (once, before any form) and the `State`, and hands the chunks
 of a causal call to a `Form`; this backend passes its own, `autograd.form`, which runs the
-kernels of `chunk` (float32 accumulation). What stays on the torch path:
+kernels of `chunk` (float32 accumulation) on the unit directions and finite values of the
+whole call (`Chunks.vectors`). What stays on the torch path:
 
 - float64 inputs (the kernels compute in float32; float16, bfloat16 and float32 inputs run
   the kernels in float32, as the reference computes half precision, ZS-DTYPE-HALF; on a GPU

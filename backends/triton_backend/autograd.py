@@ -5,7 +5,8 @@ The backward is a first step (issue 15 allows it): it costs a torch forward and 
 the default form, `zeros_backends.torch_backend.chunked.slabs`, on the same `Chunks` and with
 the backend's slab size, so gradients equal the torch backend's (ZS-GRAD) while the forward
 pass is the kernels'. A backward kernel is future work. The Function keeps the `Chunks` for
-its backward (about the inputs' size in float32) and is differentiable once.
+its backward (the vectors as the call gave them, not their unit directions, which the
+recomputation takes again a slab at a time) and is differentiable once.
 """
 
 from __future__ import annotations

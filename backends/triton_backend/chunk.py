@@ -190,7 +190,8 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
     ----------
     chunks : Chunks
         float32 tensors on the kernels' device (CPU under the interpreter, else CUDA); C a
-        power of two, at least 16.
+        power of two, at least 16. The kernels read the vectors as `Chunks.vectors` gives
+        them (unit directions and finite values), taken here for the whole call.
     sums : Sums
         F (R, D, Dv) in the frame ``chunks.m_prev[:, 0]``, E (R,), G' (R, D, Dv), H (R, D, Dv).
     config : Config or None
@@ -210,7 +211,10 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
         raise ValueError(f"`chunk` must be a power of two >= 16 for the Triton kernels; "
                          f"got {chunk}")
     config = config or Config.for_device(d, dv)
-    x, start = chunks.map(torch.Tensor.contiguous), sums.map(torch.Tensor.contiguous)
+    # The kernels read unit directions and finite values, taken here for the whole call.
+    q, k, v = chunks.vectors()
+    x = chunks._replace(q=q, k=k, v=v).map(torch.Tensor.contiguous)
+    start = sums.map(torch.Tensor.contiguous)
     kv = x.q.new_empty((rows, nc, 3, d, dv))  # the sums before every chunk
     e_before = x.q.new_empty((rows, nc))
     last = x.q.new_empty((rows, 3, d, dv))
