@@ -83,7 +83,7 @@ def test_protocol_attributes() -> None:
     for b in (backend, cuda_backend):
         assert b.dtypes == DTYPES
         assert b.features == frozenset({"bidirectional", "state", "default_logits", "grad",
-                                        "layer"})
+                                        "layer", "varlen"})
     # The CPU backend leaves memory to the suite's resident-size probe; CUDA counts its own,
     # an ordinary method of the CUDA backend's class.
     assert not hasattr(backend, "memory_peak")
@@ -200,12 +200,13 @@ def test_non_finite_values_are_screened_before_any_form(rng: np.random.Generator
     case.gates["higher"][0, 12] = np.inf
     finite = []
 
-    def form(chunks: chunked.Chunks, sums: chunked.Sums) -> Any:
+    def form(chunks: chunked.Chunks, sequences: chunked.Sequences) -> Any:
         given = ("q", "k", "v", "q_peak", "k_peak")  # read through `vectors` only
-        tensors = [*chunks.vectors(), *sums.by_name().values(),
+        init = () if sequences.init is None else sequences.init.by_name().values()
+        tensors = [*chunks.vectors(), *init,
                    *(x for name, x in chunks.by_name().items() if name not in given)]
         finite.append(all(bool(torch.isfinite(x).all()) for x in tensors))
-        return chunked.slabs(chunks, sums, slab_size=2)
+        return chunked.slabs(chunks, sequences, slab_size=2)
 
     inp, state = _checked(case)
     got, got_state = chunked.attention(inp, state, causal=True, chunk=8, return_state=True,

@@ -14,18 +14,28 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SYNCS", "count", "peak_allocated"]
+__all__ = ["READS", "SYNCS", "count", "peak_allocated"]
 
 SYNCS = ("_local_scalar_dense", "is_nonzero", "item")
 """The aten operations that read tensor data into Python."""
 
 
+READS = ("tolist", "numpy")
+"""Tensor methods that read tensor data into Python without dispatching an aten operation
+(counted at the Python level, as host syncs too)."""
+
+
 def count(fn: Callable[[], Any]) -> dict[str, int] | None:
-    """``{"ops": n, "syncs": m}`` dispatched while ``fn()`` runs, or None without torch."""
+    """``{"ops": n, "syncs": m}`` dispatched while ``fn()`` runs, or None without torch.
+
+    Syncs are the dispatched `SYNCS` and the calls of the tensor methods `READS`."""
     try:
+        import torch
+        from torch.overrides import TorchFunctionMode
         from torch.utils._python_dispatch import TorchDispatchMode
     except ImportError:
         return None
+    reads = {getattr(torch.Tensor, name) for name in READS}
 
     class Counting(TorchDispatchMode):
         def __init__(self) -> None:
@@ -37,9 +47,20 @@ def count(fn: Callable[[], Any]) -> dict[str, int] | None:
             self.ops[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
-    with Counting() as counter:
+    class Reading(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads = 0
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            self.reads += func in reads
+            return func(*args, **(kwargs or {}))
+
+    with Reading() as reading, Counting() as counter:
         fn()
-    return {"ops": sum(counter.ops.values()), "syncs": sum(counter.ops[s] for s in SYNCS)}
+    syncs = sum(counter.ops[s] for s in SYNCS) + reading.reads
+    return {"ops": sum(counter.ops.values()), "syncs": syncs}
 
 
 def peak_allocated(fn: Callable[[], Any]) -> int:

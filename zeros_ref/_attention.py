@@ -66,6 +66,7 @@ def check_call(
     state: Any,
     return_state: Any,
     cu_seqlens: Any = None,
+    offsets: tuple[int, ...] | None = None,
 ) -> tuple[Inputs, State]:
     """Validate the arguments of `attention` (spec section 8); backends call it too, so that
     they raise the same errors with the same messages.
@@ -73,11 +74,13 @@ def check_call(
     Returns the validated inputs (broadcast, in the compute dtype; ``inp.offsets`` holds the
     sequence boundaries of a packed call) and the starting state: the given one, or the empty
     state of the inputs' batch, D, Dv and compute dtype (one per sequence when packed).
+    A backend that already holds the offsets of `cu_seqlens` on the host (from a chunk plan
+    made from them) passes them as `offsets`, and `cu_seqlens` is then not read.
     """
     inp = check_inputs(q, k, v, logits, first, higher, zero)
     if cu_seqlens is not None:
-        offsets = check_cu_seqlens(inp.xp, cu_seqlens, inp.n, device(inp.q))
-        inp = replace(inp, offsets=offsets)
+        inp = replace(inp, offsets=check_cu_seqlens(inp.xp, cu_seqlens, inp.n, device(inp.q),
+                                                    offsets=offsets))
     check_causal(causal)
     if not causal and (state is not None or return_state):
         raise ValueError("`state` and `return_state` need causal=True: only a causal prefix "

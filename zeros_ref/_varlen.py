@@ -18,7 +18,8 @@ import array_api_compat
 from ._state import State
 from ._validate import Inputs, namespace_of
 
-__all__ = ["check_cu_seqlens", "empty_states", "run_packed", "sequence_inputs"]
+__all__ = ["check_cu_seqlens", "empty_states", "host_offsets", "run_packed",
+           "sequence_inputs"]
 
 
 def _host_values(x: Any) -> list[int]:
@@ -29,10 +30,41 @@ def _host_values(x: Any) -> list[int]:
     return [int(x[i]) for i in range(x.shape[0])]
 
 
-def check_cu_seqlens(xp: Any, cu_seqlens: Any, n: int, device: Any) -> tuple[int, ...]:
+def host_offsets(cu_seqlens: Any) -> tuple[int, ...]:
+    """The offsets ``(o_0, ..., o_S)`` of `cu_seqlens` as Python ints (one read on the host),
+    checked to be a 1-D integer array that starts at 0 and never decreases.
+
+    Raises
+    ------
+    TypeError
+        Not an array, or not of an integer dtype.
+    ValueError
+        Not 1-D, empty, not starting at 0, or decreasing.
+    """
+    xp = namespace_of(cu_seqlens, "cu_seqlens")
+    if not xp.isdtype(cu_seqlens.dtype, "integral"):
+        raise TypeError(f"`cu_seqlens` must have an integer dtype; got {cu_seqlens.dtype}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] == 0:
+        raise ValueError("`cu_seqlens` must be a 1-D array [0, o_1, ..., T] of the sequence "
+                         f"offsets; got shape {tuple(cu_seqlens.shape)}")
+    offsets = tuple(_host_values(cu_seqlens))
+    if offsets[0] != 0:
+        raise ValueError(f"`cu_seqlens` must start at 0; got {offsets[0]}")
+    drops = [j for j in range(1, len(offsets)) if offsets[j] < offsets[j - 1]]
+    if drops:
+        j = drops[0]
+        raise ValueError(f"`cu_seqlens` must not decrease; got {offsets[j - 1]} then "
+                         f"{offsets[j]} at entries {j - 1} and {j}")
+    return offsets
+
+
+def check_cu_seqlens(xp: Any, cu_seqlens: Any, n: int, device: Any, *,
+                     offsets: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """Validate `cu_seqlens` for inputs of namespace `xp`, length T = `n` and `device`.
 
-    Returns the offsets ``(o_0, ..., o_S)`` as Python ints.
+    Returns the offsets ``(o_0, ..., o_S)`` as Python ints: read from `cu_seqlens` with
+    `host_offsets`, or, where the caller already holds them (a backend's chunk plan made from
+    these `cu_seqlens`), the given `offsets`, checked against its shape without a read.
 
     Raises
     ------
@@ -44,22 +76,14 @@ def check_cu_seqlens(xp: Any, cu_seqlens: Any, n: int, device: Any) -> tuple[int
     if namespace_of(cu_seqlens, "cu_seqlens") is not xp:
         raise TypeError("`cu_seqlens` must be an array of the same library as `q`; got "
                         f"{type(cu_seqlens).__name__}")
-    if not xp.isdtype(cu_seqlens.dtype, "integral"):
-        raise TypeError(f"`cu_seqlens` must have an integer dtype; got {cu_seqlens.dtype}")
-    if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] == 0:
-        raise ValueError("`cu_seqlens` must be a 1-D array [0, o_1, ..., T] of the sequence "
-                         f"offsets; got shape {tuple(cu_seqlens.shape)}")
     if array_api_compat.device(cu_seqlens) != device:
         raise ValueError(f"`cu_seqlens` is on device {array_api_compat.device(cu_seqlens)} "
                          f"but `q` is on {device}")
-    offsets = tuple(_host_values(cu_seqlens))
-    if offsets[0] != 0:
-        raise ValueError(f"`cu_seqlens` must start at 0; got {offsets[0]}")
-    drops = [j for j in range(1, len(offsets)) if offsets[j] < offsets[j - 1]]
-    if drops:
-        j = drops[0]
-        raise ValueError(f"`cu_seqlens` must not decrease; got {offsets[j - 1]} then "
-                         f"{offsets[j]} at entries {j - 1} and {j}")
+    if offsets is None:
+        offsets = host_offsets(cu_seqlens)
+    elif tuple(cu_seqlens.shape) != (len(offsets),):
+        raise ValueError(f"`cu_seqlens` has shape {tuple(cu_seqlens.shape)} but its chunk "
+                         f"plan holds {len(offsets)} offsets")
     if offsets[-1] != n:
         raise ValueError(f"`cu_seqlens` must end at the length T = {n} of the inputs; got "
                          f"{offsets[-1]}")

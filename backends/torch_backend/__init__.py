@@ -8,6 +8,8 @@ side):
 ``chunked``   the chunk form of spec 4.2 and 4.3 (`chunked.attention`), its default `Form`
               (`chunked.slabs`), the seam other backends plug their kernels into
               (`Chunks`, `Sums`, `Form`) and its conversions to the state of spec 5.1
+``plan``      the chunk plan: which chunk holds which tokens of which sequence (dense and
+              packed calls, spec 5.2), and scans that restart with each sequence
 ``screen``    non-finite inputs, handled once before any form, and the unit directions
 ``slab``      one slab of chunks of the default form, every chunk at once (spec 4.2,
               steps 2-6), and the seam's types `Chunks` and `Sums`
@@ -17,6 +19,7 @@ They must equal the reference form, `zeros_ref.attention`, to the tolerance of s
 """
 
 from .layer import ZeroSAttention, from_params, to_params
+from .plan import ChunkPlan, chunk_plan
 from .protocol import (
     CHUNK_SIZE,
     SLAB_SIZE,
@@ -28,11 +31,13 @@ from .protocol import (
 
 __all__ = [
     "CHUNK_SIZE",
+    "ChunkPlan",
     "SLAB_SIZE",
     "CudaTorchBackend",
     "TorchBackend",
     "ZeroSAttention",
     "backend",
+    "chunk_plan",
     "cuda_backend",
     "from_params",
     "to_params",

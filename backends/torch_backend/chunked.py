@@ -86,18 +86,20 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
+from .plan import ChunkPlan, dense_plan, packed_plan, segmented_scan
 from .screen import Screened, directions, screen
-from .slab import Chunks, Sums, slab
+from .slab import Chunks, Sums, links, slab
 
-__all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sums", "attention", "slabs",
-           "state_from_sums", "sums_from_state"]
+__all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sequences", "Sums", "attention",
+           "slabs", "state_from_sums", "sums_from_state"]
 
 SLAB = 32
 """Chunks computed together by `slabs`, one step of its loop over the sequence, unless it is
@@ -108,11 +110,32 @@ SLAB_TRAINING = 16
 backward."""
 
 
-Form = Callable[[Chunks, Sums], tuple[torch.Tensor, Sums]]
-"""A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and the sums after the
-last, from `Chunks` and the sums before the first (in the frame M_{-1} = ``m_prev[:, 0]``).
-The outputs are a fresh tensor of the form's own (`attention` writes NaN into them in place).
-The default is `slabs`; a backend with kernels of its own passes them to `attention`."""
+class Sequences(NamedTuple):
+    """What a `Form` needs to know of the sequences whose chunks it computes.
+
+    init : Sums or None
+        The sums before each sequence's first chunk, leading axes (S, R): F and E in the
+        frame of that chunk's ``m_prev`` (the sequence's s_ref), G' about it; None where
+        every sequence starts empty (zero sums, never materialised: S may be large).
+    count : int
+        S, the number of sequences (1 for a dense call).
+    finals : bool
+        Whether the form returns the sums after each sequence's last chunk.
+    """
+
+    init: Sums | None
+    count: int
+    finals: bool
+
+
+Form = Callable[[Chunks, Sequences], tuple[torch.Tensor, Sums | None]]
+"""A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and, if
+``sequences.finals``, the sums after each sequence's last chunk (leading axes (S, R), F and
+E in the frame ``m_end`` of that chunk; zeros for an empty sequence, whose state the caller
+keeps), from `Chunks` and `Sequences`. A chunk whose ``start`` is set begins from its
+sequence's initial sums, any other from the chunk before it. The outputs are a fresh tensor
+of the form's own (`attention` writes NaN into them in place). The default is `slabs`; a
+backend with kernels of its own passes them to `attention`."""
 
 
 # -- the state of spec 5.1 ---------------------------------------------------------------------
@@ -176,7 +199,8 @@ def _spoilt(state: State, rows: torch.Tensor) -> State:
     that have met a non-finite key, value or logit (the count and the key sum stay)."""
 
     def nan(x: torch.Tensor) -> torch.Tensor:
-        return torch.where(rows.reshape(-1, *([1] * (x.dim() - 1))), math.nan, x)
+        return torch.where(rows.reshape(*rows.shape, *([1] * (x.dim() - rows.dim()))),
+                           math.nan, x)
 
     return State(length=state.length, running_max=nan(state.running_max),
                  mean_offset=nan(state.mean_offset), normaliser=nan(state.normaliser),
@@ -186,51 +210,67 @@ def _spoilt(state: State, rows: torch.Tensor) -> State:
 # -- the chunk form ----------------------------------------------------------------------------
 
 
-def _prefix_sum(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Inclusive cumulative sum along axis 1 of (R, N, ...) in two levels (within chunks, then
-    over chunk totals), so that rounding grows with C + N/C terms rather than N."""
-    r, n = x.shape[0], x.shape[1]
-    blocks = x.reshape(r, n // chunk, chunk, *x.shape[2:])
-    within = torch.cumsum(blocks, dim=2)
-    totals = within[:, :, -1]
-    before = torch.cumsum(totals, dim=1) - totals  # exclusive
-    return (within + before.unsqueeze(2)).reshape(x.shape)
-
-
-def _default_logits(k: torch.Tensor, state: State, causal: bool, chunk: int,
+def _default_logits(k: torch.Tensor, state: State, causal: bool, plan: ChunkPlan,
                     slab_size: int) -> torch.Tensor:
-    """ZS-LOG-DEFAULT for (R, N, D) keys (N a multiple of `chunk` when causal):
-    ``-<k_t, kbar_t> / sqrt(D)``, with ``sum_{i<=t} k_i`` taken in two levels (within the
-    chunk, then the chunks before), so that rounding grows with C + N/C terms; a slab of
-    chunks at a time, so that the temporaries stay small."""
-    rows, n, d = k.shape
+    """ZS-LOG-DEFAULT for the keys (R, nc C, D) of the chunks of `plan`, each sequence from its
+    own key sum in `state` (leading axes (S, R)): ``-<k_t, kbar_t> / sqrt(D)``.
+
+    Causal: ``sum_{i<=t} k_i`` in two levels (within the chunk, then the chunks before it in
+    its sequence), so that rounding grows with C + N/C terms; a slab of chunks at a time, so
+    that the temporaries stay small. Bidirectional: every key of the sequence. Padding keys
+    are zero."""
+    rows, length, d = k.shape
+    chunk, nc = plan.chunk, plan.chunks
+    blocks = k.reshape(rows, nc, chunk, d)
     if not causal:
-        kbar = k.sum(dim=1, keepdim=True) / (1.0 + n)
-        return -(k * kbar).sum(dim=-1) / math.sqrt(d)
+        totals = blocks.sum(dim=2).transpose(0, 1)  # (nc, R, D)
+        sums = totals.new_zeros((plan.count, rows, d)).index_add_(0, plan.segment, totals)
+        lengths = torch.tensor(plan.lengths, dtype=k.dtype, device=k.device)
+        kbar = (sums / (1.0 + lengths[:, None, None]))[plan.segment].transpose(0, 1)
+        return -(blocks * kbar[:, :, None]).sum(dim=-1).reshape(rows, length) / math.sqrt(d)
     ones = torch.ones(chunk, chunk, dtype=k.dtype, device=k.device).tril_()
-    key_sum, dots = state.key_sum, []
-    for part in torch.split(k.reshape(rows, n // chunk, chunk, d), slab_size, dim=1):
+    prior = _per_chunk(state.key_sum, plan.segment)  # (R, nc, D) each chunk's sequence
+    carry, dots = k.new_zeros((rows, d)), []
+    for part, seg in zip(torch.split(blocks, slab_size, dim=1),
+                         torch.split(plan.start, slab_size), strict=True):
         within = ones @ part  # (R, S, C, D): sums within each chunk (faster than cumsum)
         totals = within[:, :, -1]
-        before = key_sum[:, None] + torch.cumsum(totals, dim=1) - totals  # (R, S, D)
-        key_sum = before[:, -1] + totals[:, -1]  # (before `within`, of which totals is a view)
+        lower, entering = links(seg)
+        first = prior[:, len(dots) * slab_size:][:, :seg.shape[0]]  # (R, S, D)
+        entry = torch.where(entering[:, None], carry[:, None], first)
+        before = entry + lower.to(k.dtype) @ totals  # keys before each chunk, its sequence's
+        carry = before[:, -1] + totals[:, -1]  # (before `within`, of which totals is a view)
         dots.append((part * within.add_(before[:, :, None])).sum(dim=-1))  # (R, S, C)
-    count = state.length + 1.0 + torch.arange(1, n + 1, dtype=k.dtype, device=k.device)
-    return torch.cat(dots, dim=1).reshape(rows, n) / (-math.sqrt(d) * count)
+    count = 1.0 + _counts(state, plan, k.dtype)  # (nc, C): 1 + n + i
+    return (torch.cat(dots, dim=1) / (-math.sqrt(d) * count)).reshape(rows, length)
+
+
+def _per_chunk(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """The per-sequence `x` (S, R, ...) at every chunk, (R, nc, ...): a view where S = 1."""
+    if x.shape[0] == 1:
+        return x[0].unsqueeze(1).expand(-1, segment.shape[0], *x.shape[2:])
+    return x.index_select(0, segment).transpose(0, 1)
+
+
+def _counts(state: State, plan: ChunkPlan, dtype: torch.dtype) -> torch.Tensor:
+    """n_t (nc, C): the tokens of its sequence up to each slot, its initial state's too."""
+    prior = torch.tensor(state.length, dtype=dtype, device=plan.segment.device)  # (S,)
+    return prior[plan.segment][:, None] + plan.position.to(dtype) + 1.0
 
 
 def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_state: bool,
-              form: Form | None = None,
-              slab_size: int = SLAB) -> tuple[torch.Tensor, State | None]:
+              form: Form | None = None, slab_size: int = SLAB,
+              plan: ChunkPlan | None = None) -> tuple[torch.Tensor, State | None]:
     """ZeroS attention of validated inputs, with the causal chunks computed by `form`.
 
     Parameters
     ----------
     inp : Inputs
         From `zeros_ref.kernel.check_call`: validated, broadcast to (*B, N, ...), in the
-        compute dtype.
+        compute dtype; ``inp.offsets`` set for a packed call (spec 5.2).
     state : State
-        The state before the call, leading axes *B (empty unless one was given).
+        The state before the call, leading axes *B (empty unless one was given); for a
+        packed call, one per sequence, leading axes (S, *B).
     causal : bool
         Causal (spec 4.2) or bidirectional (spec 4.3).
     chunk : int
@@ -243,47 +283,72 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         values, the state) is this module's.
     slab_size : int
         Chunks per slab of the default form, and of the default logits' key sums.
+    plan : ChunkPlan or None
+        The chunk plan of a packed call, made from its offsets (`plan.chunk_plan`); None
+        makes it here from ``inp.offsets``. Unused for a dense call.
 
     Returns
     -------
     out : torch.Tensor
         (*B, N, Dv) in the input dtype.
     state : State or None
-        The state after the call, leading axes *B, if `return_state`.
+        The state after the call, leading axes *B (or (S, *B)), if `return_state`.
     """
     batch, n, d, dv = inp.batch, inp.n, inp.q.shape[-1], inp.v.shape[-1]
-    rows = math.prod(batch)
-    st = state.with_batch(torch, (rows,))
+    rows, packed = math.prod(batch), inp.offsets is not None
     if n == 0:
         out = inp.v.new_zeros((*batch, 0, dv)).to(inp.dtype)
         return out, (state if return_state else None)
-    nc = -(-n // chunk) if causal else 1
-    length = nc * chunk if causal else n
-    pad = length - n
+    if plan is None:
+        plan = (packed_plan(inp.offsets, chunk, inp.q.device) if packed
+                else dense_plan(n, chunk, inp.q.device))
+    st = state.with_batch(torch, (plan.count, rows)) if packed else _one_sequence(state, rows)
+    length = plan.chunks * chunk
 
-    def flat(x: torch.Tensor, *tail: int) -> torch.Tensor:
+    def grid(x: torch.Tensor, *tail: int) -> torch.Tensor:  # (R, nc C, ...)
         x = x.reshape(rows, n, *tail)
+        if packed:
+            return x.index_select(1, plan.token)
+        pad = length - n
         return torch.nn.functional.pad(x, (0, 0) * len(tail) + (0, pad)) if pad else x
 
-    q, k, v = flat(inp.q, d), flat(inp.k, d), flat(inp.v, dv)  # (R, L, D), (R, L, Dv)
-    s = _default_logits(k, st, causal, chunk, slab_size) if inp.logits is None else flat(
+    q, k, v = grid(inp.q, d), grid(inp.k, d), grid(inp.v, dv)  # (R, L, D), (R, L, Dv)
+    if packed:  # padding slots hold copies of tokens: no key or value of theirs may count
+        padding = ~plan.valid[:, None]
+        k, v = k.masked_fill(padding, 0.0), v.masked_fill(padding, 0.0)
+    s = _default_logits(k, st, causal, plan, slab_size) if inp.logits is None else grid(
         inp.logits)  # (R, L)
     # Non-finite values, once, whatever form computes the chunks (ZS-ERR-NONFINITE, -V).
-    clean = screen(q, k, v, s, (flat(inp.first), flat(inp.higher), flat(inp.zero)))
+    clean = screen(q, k, v, s, (grid(inp.first), grid(inp.higher), grid(inp.zero)))
+    clean = clean._replace(bad_rows=clean.bad_rows & plan.valid,
+                           bad_keys=clean.bad_keys & plan.valid)
+    bad = clean.bad_keys.reshape(rows, plan.chunks, chunk)
+    within = torch.cumsum(bad.to(torch.int32), dim=-1) > 0  # (R, nc, C)
+    spoilt = segmented_scan(within[..., -1], plan.start, torch.logical_or)  # (R, nc)
     end = None
     if causal:
         form = functools.partial(slabs, slab_size=slab_size) if form is None else form
-        out, end = _causal(st, clean, n, chunk, form, return_state)
-        after_bad_key = torch.cumsum(clean.bad_keys.to(torch.int32), dim=1) > 0  # (R, L)
-        reached = clean.bad_rows | after_bad_key
+        out, end = _causal(st, clean, plan, form, return_state)
+        before = torch.cat([spoilt[:, :1] & False, spoilt[:, :-1]], dim=1) & ~plan.start
+        reached = clean.bad_rows | (within | before[..., None]).reshape(rows, length)
         if end is not None:
-            end = _spoilt(end, clean.bad_keys.any(dim=1))
+            end = _spoilt(end, spoilt[:, plan.tail].T & plan.filled[:, None])
     else:
-        out = _bidirectional(clean, n)
-        reached = clean.bad_rows | clean.bad_keys.any(dim=1, keepdim=True)
+        out = _bidirectional(clean, plan, slab_size)
+        whole = spoilt[:, plan.tail][:, plan.segment]  # (R, nc): the chunk's sequence
+        reached = clean.bad_rows | whole.repeat_interleave(chunk, dim=1)
     out = _poisoned(out, reached)
-    out = out[:, :n].reshape(*batch, n, dv).to(inp.dtype)
-    return out, (None if end is None else end.with_batch(torch, batch))
+    out = out.index_select(1, plan.place) if packed else out[:, :n]
+    out = out.reshape(*batch, n, dv).to(inp.dtype)
+    if end is None:
+        return out, None
+    return out, (end.with_batch(torch, (plan.count, *batch)) if packed
+                 else replace(end, length=end.length[0]).with_batch(torch, batch))
+
+
+def _one_sequence(state: State, rows: int) -> State:
+    """A dense call's state (*B) as the state of one sequence, leading axes (1, R)."""
+    return replace(state.with_batch(torch, (1, rows)), length=(state.length,))
 
 
 def _poisoned(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -303,72 +368,139 @@ def _recomputed(step: Callable[..., Any], *args: Any) -> Any:
     return step(*args)
 
 
-def _bidirectional(clean: Screened, n: int) -> torch.Tensor:
-    """Spec 4.3: one whole-sequence state, read by every row with n = N. Returns (R, N, Dv)."""
-    qh, kh, v = _recomputed(directions, clean.q, clean.k, clean.v, clean.q_peak, clean.k_peak)
-    s = clean.s
-    top = s.amax(dim=1, keepdim=True)  # (R, 1), also s_ref
-    rel = s - top  # (R, N)
-    w = torch.exp(rel)
-    mean_rel = rel.mean(dim=1, keepdim=True)  # sbar - s_ref
-    keys = torch.cat([w[..., None] * kh, rel[..., None] * kh, kh], dim=-1)  # (R, N, 3D)
-    sums = keys.transpose(1, 2) @ v  # (R, 3D, Dv): F, G', H
-    a = clean.higher / w.sum(dim=1, keepdim=True)
-    b = (clean.first - clean.higher) / n
-    c = (clean.zero - clean.higher) / n - b * mean_rel
-    query = torch.cat([a[..., None] * qh, b[..., None] * qh, c[..., None] * qh], dim=-1)
-    return query @ sums
+def _bidirectional(clean: Screened, plan: ChunkPlan, slab_size: int) -> torch.Tensor:
+    """Spec 4.3 for every sequence of `plan`: one whole-sequence state each, read by every
+    row of the sequence with its length n. Returns (R, L, Dv).
+
+    Each sequence's frame is its own max, which is also its reference logit. The sums are
+    taken a slab of chunks at a time (K_c^T [w v, rel v, v] per chunk, added into the
+    sequence's) and read the same way, so that the temporaries stay a slab's."""
+    rows, length = clean.s.shape
+    chunk, nc, count = plan.chunk, plan.chunks, plan.count
+    d, dv = clean.q.shape[-1], clean.v.shape[-1]
+    valid = plan.valid.reshape(nc, chunk)
+    s = clean.s.reshape(rows, nc, chunk)
+    tops = torch.where(valid, s, float("-inf")).amax(dim=-1)  # (R, nc)
+    top = segmented_scan(tops, plan.start, torch.maximum)[:, plan.tail][:, plan.segment]
+    rel = torch.where(valid, s - top[..., None], 0.0)  # (R, nc, C), also s - s_ref
+    w = torch.exp(torch.where(valid, rel, float("-inf")))
+    lengths = torch.tensor(plan.lengths, dtype=s.dtype, device=s.device)[plan.segment]
+    totals = torch.stack([w.sum(dim=-1), rel.sum(dim=-1)]).transpose(0, 2)  # (nc, R, 2)
+    per_seq = totals.new_zeros((count, rows, 2)).index_add_(0, plan.segment, totals)
+    e, mean = (per_seq[..., j][plan.segment].T for j in range(2))  # (R, nc) each
+    mean = mean / lengths  # sbar - s_ref
+    sums = s.new_zeros((count, rows, 3 * d, dv))
+    pieces = list(zip(*(torch.split(x, slab_size, dim=1) for x in (
+        clean.q.reshape(rows, nc, chunk, d), clean.k.reshape(rows, nc, chunk, d),
+        clean.v.reshape(rows, nc, chunk, dv), clean.q_peak.reshape(rows, nc, chunk),
+        clean.k_peak.reshape(rows, nc, chunk), w, rel)), strict=True))
+    segments = torch.split(plan.segment, slab_size)
+    for (q, k, v, q_peak, k_peak, w_c, rel_c), seg in zip(pieces, segments, strict=True):
+        _, kh, vc = _recomputed(directions, q, k, v, q_peak, k_peak)
+        keys = torch.cat([w_c[..., None] * kh, rel_c[..., None] * kh, kh], dim=-1)
+        update = keys.transpose(-1, -2) @ vc  # (R, S, 3D, Dv)
+        sums.index_add_(0, seg, update.transpose(0, 1))
+    a_all = clean.higher.reshape(rows, nc, chunk) / e[..., None]
+    b_all = (clean.first.reshape(rows, nc, chunk) - clean.higher.reshape(rows, nc, chunk)) \
+        / lengths[:, None]
+    c_all = (clean.zero.reshape(rows, nc, chunk) - clean.higher.reshape(rows, nc, chunk)) \
+        / lengths[:, None] - b_all * mean[..., None]
+    outs, at = [], 0
+    for (q, k, v, q_peak, k_peak, _, _), seg in zip(pieces, segments, strict=True):
+        size = seg.shape[0]
+        qh, _, _ = _recomputed(directions, q, k, v, q_peak, k_peak)
+        coef = (x[:, at:at + size, :, None] for x in (a_all, b_all, c_all))
+        query = torch.cat([x * qh for x in coef], dim=-1)  # (R, S, C, 3D)
+        outs.append(query @ sums.index_select(0, seg).transpose(0, 1))
+        at += size
+    return torch.cat(outs, dim=1).reshape(rows, length, dv)
 
 
-def _causal(st: State, clean: Screened, n: int, chunk: int, form: Form,
+def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
             return_state: bool) -> tuple[torch.Tensor, State | None]:
-    """Spec 4.2 for every chunk: the frames and means of `Chunks`, then `form`.
+    """Spec 4.2 for every chunk of every sequence: the frames and means of `Chunks`, then
+    `form`.
 
-    `clean` holds the screened inputs (R, L, ...), L = nc C >= n real tokens (its raw keys
-    also give the state's key sum). Returns the outputs (R, L, Dv) and, with
-    `return_state`, the state after the call (rows R; the caller spoils it where a
-    non-finite value was met).
+    `st` holds the state before each sequence, leading axes (S, R); `clean` the screened
+    inputs (R, L, ...) laid out by `plan` (its raw keys also give the key sums). Returns the
+    outputs (R, L, Dv) and, with `return_state`, the state after each sequence, leading axes
+    (S, R) (the caller spoils it where a non-finite value was met; an empty sequence's is its
+    initial state).
     """
     s = clean.s
     rows, length = s.shape
-    dv, nc = clean.v.shape[-1], length // chunk
-    valid = torch.arange(length, device=s.device) < n  # (L,) real tokens, not padding
-    s_ref = st.running_max if st.length else s[:, 0]  # a logit every row of the call sees
-    # Step 1: running maxima, per row (m_t) and at chunk ends (M_c); padding is below all.
-    s_max = torch.where(valid, s, float("-inf")).reshape(rows, nc, chunk)
-    tops = torch.cat([s_ref[:, None], s_max.amax(dim=-1)], dim=1)  # (R, nc + 1)
-    frames = torch.cummax(tops, dim=1).values
-    m_prev, m_end = frames[:, :-1], frames[:, 1:]  # M_{c-1}, M_c (R, nc)
+    chunk, nc = plan.chunk, plan.chunks
+    dv, d = clean.v.shape[-1], clean.q.shape[-1]
+    valid = plan.valid.reshape(nc, chunk)  # real tokens, not padding
+    prior = torch.tensor(st.length, device=s.device) > 0  # (S,) the state holds tokens
+    # s_ref of each sequence, a logit every row of it sees: the state's running max, or
+    # the sequence's first logit.
+    first = s[:, plan.first] if plan.packed else s[:, :1]  # (R, S) (slices where dense,
+    s_ref_seq = torch.where(prior, st.running_max.T, first)  # which compile better)
+    s_ref = s_ref_seq[:, plan.segment] if plan.packed else s_ref_seq.expand(-1, nc)
+    # Step 1: running maxima, per row (m_t) and at chunk ends (M_c), restarting with each
+    # sequence at its s_ref; padding is below all.
+    s_max = torch.where(valid, s.reshape(rows, nc, chunk), float("-inf"))
+    tops = s_max.amax(dim=-1)  # (R, nc)
+    m_end = segmented_scan(torch.where(plan.start, torch.maximum(s_ref, tops), tops),
+                           plan.start, torch.maximum)
+    m_prev = torch.where(plan.start, s_ref, torch.cat([s_ref[:, :1], m_end[:, :-1]], dim=1))
     m_row = torch.maximum(m_prev[..., None], torch.cummax(s_max, dim=-1).values)  # (R, nc, C)
-    # Step 3 (mean): sbar_t - s_ref from a two-level prefix sum of s - s_ref.
-    rel = torch.where(valid, s - s_ref[:, None], 0.0)  # (R, L)
-    t = st.length + torch.arange(1, length + 1, dtype=s.dtype, device=s.device)  # (L,)
-    mean_rel = (st.length * st.mean_offset[:, None] + _prefix_sum(rel, chunk)) / t  # (R, L)
+    # Step 3 (mean): sbar_t - s_ref from a two-level prefix sum of s - s_ref (within the
+    # chunk, then the chunks before it in its sequence).
+    rel = torch.where(valid, s.reshape(rows, nc, chunk) - s_ref[..., None], 0.0)
+    within = torch.cumsum(rel, dim=-1)
+    totals = within[..., -1]
+    before = segmented_scan(totals, plan.start, torch.add) - totals  # (R, nc), exclusive
+    t = _counts(st, plan, s.dtype)  # (nc, C)
+    prior_sum = torch.tensor(st.length, dtype=s.dtype, device=s.device) * st.mean_offset.T
+    mean_rel = (prior_sum[:, plan.segment, None] + before[..., None] + within) / t
     # Key weights relative to their chunk's end frame, exp(s_i - M_c) <= 1 (0 for padding).
-    w = torch.exp(torch.where(valid.reshape(nc, chunk), s.reshape(rows, nc, chunk)
-                              - m_end[..., None], float("-inf")))  # (R, nc, C)
+    w = torch.exp(torch.where(valid, s.reshape(rows, nc, chunk) - m_end[..., None],
+                              float("-inf")))  # (R, nc, C)
 
     def per_chunk(x: torch.Tensor, *tail: int) -> torch.Tensor:
         return x.reshape(rows, nc, chunk, *tail)
 
-    d = clean.q.shape[-1]
-    chunks = Chunks(t=t.reshape(nc, chunk), q=per_chunk(clean.q, d), k=per_chunk(clean.k, d),
+    chunks = Chunks(t=t, q=per_chunk(clean.q, d), k=per_chunk(clean.k, d),
                     v=per_chunk(clean.v, dv), q_peak=per_chunk(clean.q_peak),
-                    k_peak=per_chunk(clean.k_peak), s=per_chunk(s), rel=per_chunk(rel), w=w,
+                    k_peak=per_chunk(clean.k_peak), s=per_chunk(s), rel=rel, w=w,
                     m_row=m_row, decay=torch.exp(m_prev[..., None] - m_row),
-                    mean=per_chunk(mean_rel), first=per_chunk(clean.first),
+                    mean=mean_rel, first=per_chunk(clean.first),
                     higher=per_chunk(clean.higher), zero=per_chunk(clean.zero),
-                    m_prev=m_prev, m_end=m_end)
-    out, after = form(chunks, sums_from_state(st))  # F in the frame M_{-1} = s_ref = m
+                    m_prev=m_prev, m_end=m_end, s_ref=s_ref, segment=plan.segment,
+                    start=plan.start)
+    fresh = not any(st.length)  # every sequence starts empty: its sums are zero
+    sequences = Sequences(init=None if fresh else sums_from_state(st), count=plan.count,
+                          finals=return_state)
+    out, after = form(chunks, sequences)  # F in the frame M_{-1} = s_ref = m
     out = out.reshape(rows, length, dv)
     if not return_state:
         return out, None
-    end = state_from_sums(after, length=st.length + n, frame=m_end[:, -1], reference=s_ref,
-                          mean=mean_rel[:, n - 1], key_sum=st.key_sum + clean.k.sum(dim=1))
-    return out, end
+    key_sums = clean.k.reshape(rows, nc, chunk, d).sum(dim=2).transpose(0, 1)  # (nc, R, D)
+    lengths = tuple(a + b for a, b in zip(st.length, plan.lengths, strict=True))
+    end = state_from_sums(after, length=lengths, frame=m_end[:, plan.tail].T,
+                          reference=s_ref_seq.T,
+                          mean=mean_rel.reshape(rows, length)[:, plan.last].T,
+                          key_sum=st.key_sum.index_add(0, plan.segment, key_sums))
+    return out, _kept(end, st, plan.filled)
 
 
-def slabs(chunks: Chunks, sums: Sums, *, slab_size: int = SLAB) -> tuple[torch.Tensor, Sums]:
+def _kept(end: State, start: State, filled: torch.Tensor) -> State:
+    """`end` (leading axes (S, R)) with the `start` state of every sequence that is empty
+    (`filled` (S,) False): its final state is its initial one."""
+
+    def pick(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return torch.where(filled.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+
+    return State(length=end.length, running_max=pick(end.running_max, start.running_max),
+                 mean_offset=pick(end.mean_offset, start.mean_offset),
+                 normaliser=pick(end.normaliser, start.normaliser), kv=pick(end.kv, start.kv),
+                 key_sum=end.key_sum)
+
+
+def slabs(chunks: Chunks, sequences: Sequences, *,
+          slab_size: int = SLAB) -> tuple[torch.Tensor, Sums | None]:
     """The default `Form`: a slab of `slab_size` chunks at a time, every chunk of a slab at
     once (`slab.slab`), the sums carried from slab to slab.
 
@@ -379,8 +511,8 @@ def slabs(chunks: Chunks, sums: Sums, *, slab_size: int = SLAB) -> tuple[torch.T
     ----------
     chunks : Chunks
         Every chunk of the call, (R, nc, C, ...).
-    sums : Sums
-        The sums before the first chunk, F and E in the frame ``chunks.m_prev[:, 0]``.
+    sequences : Sequences
+        The sequences' initial sums, their number, and whether their final sums are wanted.
     slab_size : int
         Chunks per slab (the torch backend passes its `slab_size`).
 
@@ -388,23 +520,39 @@ def slabs(chunks: Chunks, sums: Sums, *, slab_size: int = SLAB) -> tuple[torch.T
     -------
     out : torch.Tensor
         (R, nc, C, Dv), the outputs of every chunk.
-    sums : Sums
-        The sums after the last chunk, F and E in the frame ``chunks.m_end[:, -1]``.
+    finals : Sums or None
+        The sums after each sequence's last chunk, leading axes (S, R), F and E in the frame
+        of its ``m_end`` (zeros for an empty sequence); None unless ``sequences.finals``.
     """
-    recording = torch.is_grad_enabled() and any(x.requires_grad
-                                                for x in chunks.by_name().values())
+    recording = torch.is_grad_enabled() and (
+        any(x.requires_grad for x in chunks.by_name().values())
+        or (sequences.init is not None
+            and any(x.requires_grad for x in sequences.init.by_name().values())))
     size = min(slab_size, SLAB_TRAINING) if recording else slab_size
     rows, nc, chunk, dv = chunks.v.shape
+    d = chunks.q.shape[-1]
     out = chunks.v.new_empty((rows, nc, chunk, dv))
+    carry = Sums(f=out.new_zeros((rows, d, dv)), e=out.new_zeros((rows,)),
+                 g=out.new_zeros((rows, d, dv)), h=out.new_zeros((rows, d, dv)))
+    finals = carry.map(lambda x: x.new_zeros((sequences.count + 1, *x.shape)))
+    ends = torch.cat([chunks.start[1:], chunks.start.new_ones((1,))])  # last of its sequence
     # Each slab's output is copied into place at once, so that its buffer is reused by the
     # next slab rather than kept until the end (fresh memory costs page faults).
-    start = 0
+    at = 0
     for piece in chunks.split(size):
+        count = piece.start.shape[0]
+        init = None if sequences.init is None else sequences.init.map(
+            lambda x, seg=piece.segment: _per_chunk(x, seg))  # (R, S, ...)
         if recording:  # recomputed in backward: only the slab's inputs are kept
-            piece_out, sums = torch.utils.checkpoint.checkpoint(slab, piece, sums,
-                                                                use_reentrant=False)
+            piece_out, after = torch.utils.checkpoint.checkpoint(slab, piece, carry, init,
+                                                                 use_reentrant=False)
         else:
-            piece_out, sums = slab(piece, sums)
-        out[:, start:start + piece_out.shape[1]] = piece_out
-        start += piece_out.shape[1]
-    return out, sums
+            piece_out, after = slab(piece, carry, init)
+        out[:, at:at + count] = piece_out
+        carry = after.map(lambda x: x[:, -1])
+        if sequences.finals:  # the sums after each sequence's last chunk; others to slot S
+            slot = torch.where(ends[at:at + count], piece.segment, sequences.count)
+            for name, x in after.by_name().items():
+                getattr(finals, name).index_copy_(0, slot, x.transpose(0, 1))
+        at += count
+    return out, (finals.map(lambda x: x[:-1]) if sequences.finals else None)

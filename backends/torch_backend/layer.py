@@ -69,12 +69,14 @@ class ZeroSAttention(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in {"dim": self.dim, **self.options}.items())
 
     def forward(self, x: torch.Tensor, *, state: zeros_ref.LayerState | None = None,
-                return_state: bool = False) -> Any:
+                return_state: bool = False, cu_seqlens: torch.Tensor | None = None) -> Any:
         """The layer on `x`; with `return_state`, also the `zeros_ref.LayerState` to continue
-        it (causal only)."""
+        from. `cu_seqlens` (S + 1,) packs S sequences along the time axis (spec 5.2,
+        ZS-LAYER-VARLEN): RoPE positions, prior means and the core restart at each, and a
+        state holds one per sequence."""
         params = {name: getattr(self, name) for name in zeros_ref.PARAMETERS}
         return _backend(str(x.device)).layer(x, params, **self.options, state=state,
-                                             return_state=return_state)
+                                             return_state=return_state, cu_seqlens=cu_seqlens)
 
 
 def to_params(module: ZeroSAttention) -> dict[str, np.ndarray]:

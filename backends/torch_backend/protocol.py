@@ -33,6 +33,7 @@ import zeros_ref
 from zeros_ref import kernel
 
 from . import chunked
+from .plan import ChunkPlan, check_plan
 
 __all__ = ["CHUNK_SIZE", "SLAB_SIZE", "CudaTorchBackend", "TorchBackend", "backend",
            "cuda_backend"]
@@ -50,6 +51,8 @@ _DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
+_OFFSETS = ("int32", "int64")
+"""Integer dtypes `from_numpy` takes too: those of ``cu_seqlens``."""
 _GATES = ("first", "higher", "zero")
 
 
@@ -81,7 +84,8 @@ class TorchBackend:
     """
 
     dtypes = ("float16", "bfloat16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits", "grad", "layer"})
+    features = frozenset({"bidirectional", "state", "default_logits", "grad", "layer",
+                          "varlen"})
 
     def __init__(self, device: str = "cpu", *, name: str | None = None,
                  chunk_size: int | None = None, slab_size: int | None = None) -> None:
@@ -108,10 +112,13 @@ class TorchBackend:
             )
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> torch.Tensor:
-        """`x` as a tensor of dtype name `dtype` on the backend's device."""
+        """`x` as a tensor of dtype name `dtype` (a floating dtype of `dtypes`, or int32 or
+        int64 for offsets) on the backend's device."""
         self._ready()
+        if dtype in _OFFSETS:  # the offsets of a packed call (spec 5.2)
+            return torch.from_numpy(np.array(x, dtype=dtype)).to(self.device)
         if dtype not in _DTYPES:
-            raise TypeError(f"`dtype` must be one of {tuple(_DTYPES)}; got {dtype!r}")
+            raise TypeError(f"`dtype` must be one of {(*_DTYPES, *_OFFSETS)}; got {dtype!r}")
         if dtype == "bfloat16":  # numpy has no bfloat16: round in torch, from float64
             tensor = torch.from_numpy(np.array(x, dtype=np.float64)).to(torch.bfloat16)
         else:  # numpy rounds float64 -> float16 once (torch would go through float32)
@@ -140,18 +147,33 @@ class TorchBackend:
         causal: bool = True,
         state: zeros_ref.State | None = None,
         return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        chunk_plan: ChunkPlan | None = None,
     ) -> Any:
         """ZeroS attention on tensors: `zeros_ref.attention` with this device's chunk length.
 
-        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8);
-        the result is differentiable in every tensor argument (ZS-GRAD).
+        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8,
+        packed sequences 5.2); the result is differentiable in every tensor argument
+        (ZS-GRAD).
+
+        A packed call (`cu_seqlens`) reads the offsets on the host once, to lay its chunks
+        out; with `chunk_plan`, made once by `chunk_plan(cu_seqlens, backend.chunk_size)`
+        and passed with the same `cu_seqlens` to every call on that batch, it reads nothing
+        back from the device (no host sync).
         """
+        offsets = None
+        if chunk_plan is not None:
+            if cu_seqlens is None:
+                raise ValueError("`chunk_plan` needs the `cu_seqlens` it was made from")
+            check_plan(chunk_plan, cu_seqlens, self.chunk_size)
+            offsets = chunk_plan.offsets
         inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
                                        zero=zero, causal=causal, state=state,
-                                       return_state=return_state)
+                                       return_state=return_state, cu_seqlens=cu_seqlens,
+                                       offsets=offsets)
         out, end = chunked.attention(inp, start, causal=causal, chunk=self.chunk_size,
                                      slab_size=self.slab_size, return_state=return_state,
-                                     form=self._chunk_form(inp, causal))
+                                     form=self._chunk_form(inp, causal), plan=chunk_plan)
         return (out, end) if return_state else out
 
     def _chunk_form(self, inp: kernel.Inputs, causal: bool) -> chunked.Form | None:
@@ -172,12 +194,15 @@ class TorchBackend:
         norm: bool = True,
         state: zeros_ref.LayerState | None = None,
         return_state: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> Any:
         """The ZeroS layer on tensors (spec section 13): `zeros_ref.layer` with this backend's
-        `attention` as its core. Differentiable in `x` and every parameter."""
+        `attention` as its core. Differentiable in `x` and every parameter. A packed call
+        (`cu_seqlens`, ZS-LAYER-VARLEN) runs the layer's glue once per sequence, as
+        `zeros_ref.layer` does."""
         return zeros_ref.layer(x, params, heads=heads, causal=causal, first_layer=first_layer,
                                rope=rope, norm=norm, state=state, return_state=return_state,
-                               attention=self.attention)
+                               attention=self.attention, cu_seqlens=cu_seqlens)
 
     def gradients(
         self,

@@ -18,7 +18,7 @@ import torch
 
 from .screen import directions
 
-__all__ = ["Chunks", "Sums", "slab"]
+__all__ = ["Chunks", "Sums", "links", "slab"]
 
 
 class Chunks(NamedTuple):
@@ -48,8 +48,11 @@ class Chunks(NamedTuple):
     first: torch.Tensor  # (R, nc, C) gate g1_t
     higher: torch.Tensor  # (R, nc, C) gate gh_t
     zero: torch.Tensor  # (R, nc, C) gate g0_t
-    m_prev: torch.Tensor  # (R, nc) M_{c-1}
+    m_prev: torch.Tensor  # (R, nc) M_{c-1} (the sequence's s_ref where the chunk starts it)
     m_end: torch.Tensor  # (R, nc) M_c
+    s_ref: torch.Tensor  # (R, nc) s_ref of the chunk's sequence
+    segment: torch.Tensor  # (nc,) int64 the sequence of each chunk (chunk plan)
+    start: torch.Tensor  # (nc,) bool the chunk is its sequence's first
 
     def by_name(self) -> dict[str, torch.Tensor]:
         """The fields, name -> tensor."""
@@ -71,10 +74,14 @@ class Chunks(NamedTuple):
         """Consecutive slabs of `size` chunks (the last may be shorter): views, each field
         split once along its chunk axis (so that the backward pass joins the gradients of
         all slabs in one tensor rather than allocating a whole-sized one per slab)."""
-        parts = {name: torch.split(x, size, dim=0 if name == "t" else 1)
+        parts = {name: torch.split(x, size, dim=0 if name in _PER_CHUNK else 1)
                  for name, x in self.by_name().items()}
         return [Chunks(**{name: part[j] for name, part in parts.items()})
                 for j in range(len(parts["t"]))]
+
+
+_PER_CHUNK = ("t", "segment", "start")
+"""The fields of `Chunks` shared by every row: their chunk axis is axis 0."""
 
 
 class Sums(NamedTuple):
@@ -97,29 +104,49 @@ class Sums(NamedTuple):
         return Sums(**{name: function(x) for name, x in self.by_name().items()})
 
 
-def slab(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
-    """Outputs (R, S, C, Dv) of a slab of S chunks, and the sums after it.
+def links(start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How the S consecutive chunks of a slab feed each other, from which of them start a
+    sequence (`start`, (S,)).
+
+    Returns `lower` (S, S): chunk j < c of the same sequence feeds chunk c; and `entering`
+    (S,): chunk c continues the sequence of the chunk before the slab (no start at or before
+    it), so it reads the sums carried into the slab.
+    """
+    opened = torch.cumsum(start.to(torch.int32), dim=0)  # the sequence, counted in the slab
+    index = torch.arange(start.shape[0], device=start.device)
+    lower = (index[None, :] < index[:, None]) & (opened[None, :] == opened[:, None])
+    return lower, opened == 0
+
+
+def slab(chunks: Chunks, carry: Sums, init: Sums | None) -> tuple[torch.Tensor, Sums]:
+    """Outputs (R, S, C, Dv) of a slab of S chunks, and the sums after each of them.
 
     Step 6 for every chunk of the slab: U_c = K_c^T [w v, (s - s_ref) v, v] (F relative to
-    M_c). The sums chunk c reads are those before it: F and E in the frame M_{c-1},
-    ``sum_{j<c} exp(M_j - M_{c-1}) U_j`` plus the carry moved from the frame before the slab,
-    one product with a decay matrix whose exponents are all <= 0; G' and H, plain sums over
-    j < c. Then steps 2-5 (`_chunk_outputs`).
+    M_c). The sums chunk c reads are those before it in its sequence: F and E in the frame
+    M_{c-1}, ``sum_{j<c} exp(M_j - M_{c-1}) U_j`` over the chunks j of its sequence, plus the
+    sums its sequence entered the slab with (the carry, or its initial sums where it starts
+    in the slab) moved to M_{c-1}: one product with a decay matrix whose exponents are all
+    <= 0; G' and H, plain sums. Then steps 2-5 (`_chunk_outputs`).
 
     Parameters
     ----------
     chunks : Chunks
         S consecutive chunks (the vectors as given, with their peaks), in any strides.
-    sums : Sums
-        The sums before the slab: F and E in the frame ``chunks.m_prev[:, 0]``, G' about
-        s_ref, H; (R, D, Dv) and E (R,), of the compute dtype.
+    carry : Sums
+        The sums after the chunk before the slab: F and E in the frame
+        ``chunks.m_prev[:, 0]`` (where its sequence goes on), G' about s_ref, H; (R, D, Dv)
+        and E (R,), of the compute dtype.
+    init : Sums or None
+        The initial sums of each chunk's sequence, (R, S, D, Dv) and E (R, S), read by the
+        chunks whose sequence starts in the slab; None for zeros.
 
     Returns
     -------
     out : torch.Tensor
         (R, S, C, Dv), the outputs of every row of the slab.
     after : Sums
-        The sums after the slab, F and E in the frame ``chunks.m_end[:, -1]``.
+        The sums after each chunk, (R, S, D, Dv) and E (R, S), F and E in the frame
+        ``chunks.m_end``.
     """
     # The slab's unit directions and finite values, one contiguous copy of each (in the
     # caches): the products below then make no hidden ones.
@@ -133,28 +160,36 @@ def slab(chunks: Chunks, sums: Sums) -> tuple[torch.Tensor, Sums]:
     update_f, update_g, update_h = (
         torch.bmm(keys, x.reshape(-1, chunk, dv)).view(rows, count, d * dv)
         for x in (w[..., None] * vc, chunks.rel[..., None] * vc, vc))
-    index = torch.arange(count, device=w.device)
-    strict = index[None, :] < index[:, None]  # (S, S): chunk j feeds chunk c > j
-    gaps = torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
+    lower, entering = links(chunks.start)
+    gaps = torch.where(lower, m_end[..., None, :] - m_prev[..., :, None], float("-inf"))
     decays = torch.exp(gaps)  # (R, S, S): exp(M_j - M_{c-1}) <= 1
-    moved = torch.exp(m_prev[:, :1] - m_prev)  # (R, S): the carry into frame M_{c-1}
+    # The sums each chunk's sequence entered the slab with (the carry, in the frame
+    # M_{-1} of the slab, or its initial sums, in the frame s_ref), moved to M_{c-1}.
+    moved = torch.exp(torch.where(entering, m_prev[:, :1], chunks.s_ref) - m_prev)  # (R, S)
+
+    def entry(carried: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor:
+        carried = carried.reshape(rows, 1, -1)
+        ent = entering[:, None]
+        if initial is None:
+            return torch.where(ent, carried, 0.0)
+        return torch.where(ent, carried, initial.reshape(rows, count, -1))
+
+    start = {name: entry(getattr(carry, name), None if init is None else getattr(init, name))
+             for name in Sums._fields}  # (R, S, D Dv) each, E (R, S, 1)
     w_sum = w.sum(dim=-1)  # (R, S)
-    f_before = torch.bmm(decays, update_f).addcmul_(moved[..., None],
-                                                    sums.f.reshape(rows, 1, d * dv))
-    e_before = torch.bmm(decays, w_sum[..., None])[..., 0] + moved * sums.e[:, None]
-    ones = strict.to(w.dtype).expand(rows, -1, -1)
-    g_before, h_before = (torch.bmm(ones, x).add_(start.reshape(rows, 1, d * dv))
-                          for x, start in ((update_g, sums.g), (update_h, sums.h)))
-    # The sums after the slab, in the frame of its last chunk, M_{S-1}.
-    last = torch.exp(m_end - m_end[:, -1:])[:, None, :]  # (R, 1, S)
-    move_last = torch.exp(m_prev[:, 0] - m_end[:, -1])  # (R,)
-    f_last = torch.bmm(last, update_f)[:, 0] + move_last[:, None] * sums.f.reshape(rows, d * dv)
-    e_last = (last[:, 0] * w_sum).sum(dim=-1) + move_last * sums.e
-    g_last, h_last = (start + x.sum(dim=1).view(rows, d, dv)
-                      for x, start in ((update_g, sums.g), (update_h, sums.h)))
+    f_before = torch.bmm(decays, update_f).addcmul_(moved[..., None], start["f"])
+    e_before = torch.bmm(decays, w_sum[..., None])[..., 0] + moved * start["e"][..., 0]
+    ones = lower.to(w.dtype).expand(rows, -1, -1)
+    g_before, h_before = (torch.bmm(ones, x).add_(start[name])
+                          for x, name in ((update_g, "g"), (update_h, "h")))
     before = Sums(f=f_before, e=e_before, g=g_before, h=h_before)  # what each chunk reads
     out = _chunk_outputs(chunks, qc, keys, vc, before)
-    return out, Sums(f=f_last.reshape(rows, d, dv), e=e_last, g=g_last, h=h_last)
+    step = torch.exp(m_prev - m_end)  # (R, S): M_{c-1} to M_c
+    after = Sums(f=(step[..., None] * f_before + update_f).view(rows, count, d, dv),
+                 e=step * e_before + w_sum,
+                 g=(g_before + update_g).view(rows, count, d, dv),
+                 h=(h_before + update_h).view(rows, count, d, dv))
+    return out, after
 
 
 def _chunk_outputs(chunks: Chunks, qc: torch.Tensor, keys: torch.Tensor, vc: torch.Tensor,
