@@ -115,7 +115,7 @@ def test_no_work_per_sequence_in_python(rng: np.random.Generator) -> None:
 
 
 def test_a_plan_must_fit_its_call(rng: np.random.Generator) -> None:
-    q, k, v, logits, cu = _packed(rng, [5, 7])
+    q, k, v, _logits, cu = _packed(rng, [5, 7])
     plan = chunk_plan(cu, backend.chunk_size)
     with pytest.raises(ValueError, match="cu_seqlens"):
         backend.attention(q, k, v, chunk_plan=plan)

@@ -31,8 +31,8 @@ from .protocol import (
 
 __all__ = [
     "CHUNK_SIZE",
-    "ChunkPlan",
     "SLAB_SIZE",
+    "ChunkPlan",
     "CudaTorchBackend",
     "TorchBackend",
     "ZeroSAttention",
