@@ -223,7 +223,8 @@ def _default_logits(k: torch.Tensor, state: State, causal: bool, plan: ChunkPlan
     chunk, nc = plan.chunk, plan.chunks
     blocks = k.reshape(rows, nc, chunk, d)
     if not causal:
-        totals = blocks.sum(dim=2).transpose(0, 1)  # (nc, R, D)
+        valid = plan.valid.reshape(nc, chunk).to(k.dtype)  # padding keys are not zero
+        totals = torch.einsum("rncd,nc->nrd", blocks, valid)  # (nc, R, D)
         sums = totals.new_zeros((plan.count, rows, d)).index_add_(0, plan.segment, totals)
         lengths = torch.tensor(plan.lengths, dtype=k.dtype, device=k.device)
         kbar = (sums / (1.0 + lengths[:, None, None]))[plan.segment].transpose(0, 1)
@@ -307,15 +308,16 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
 
     def grid(x: torch.Tensor, *tail: int) -> torch.Tensor:  # (R, nc C, ...)
         x = x.reshape(rows, n, *tail)
+        if x.stride(1) == 0:  # the same at every token (a gate given as a number)
+            return x[:, :1].expand(rows, length, *tail)
         if packed:
-            return x.index_select(1, plan.token)
+            return _gathered(x, plan.token)
         pad = length - n
         return torch.nn.functional.pad(x, (0, 0) * len(tail) + (0, pad)) if pad else x
 
     q, k, v = grid(inp.q, d), grid(inp.k, d), grid(inp.v, dv)  # (R, L, D), (R, L, Dv)
-    if packed:  # padding slots hold copies of tokens: no key or value of theirs may count
-        padding = ~plan.valid[:, None]
-        k, v = k.masked_fill(padding, 0.0), v.masked_fill(padding, 0.0)
+    if packed:  # padding slots hold copies of tokens: their values must not count (w and
+        v = v.masked_fill_(~plan.valid[:, None], 0.0)  # rel are 0 there; v is a fresh copy)
     s = _default_logits(k, st, causal, plan, slab_size) if inp.logits is None else grid(
         inp.logits)  # (R, L)
     # Non-finite values, once, whatever form computes the chunks (ZS-ERR-NONFINITE, -V).
@@ -338,12 +340,20 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         whole = spoilt[:, plan.tail][:, plan.segment]  # (R, nc): the chunk's sequence
         reached = clean.bad_rows | whole.repeat_interleave(chunk, dim=1)
     out = _poisoned(out, reached)
-    out = out.index_select(1, plan.place) if packed else out[:, :n]
+    out = _gathered(out, plan.place) if packed else out[:, :n]
     out = out.reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
         return out, None
     return out, (end.with_batch(torch, (plan.count, *batch)) if packed
                  else replace(end, length=end.length[0]).with_batch(torch, batch))
+
+
+def _gathered(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[:, index]`` for x (R, n, ...), as one gather of whole vectors from the flattened
+    rows (faster than indexing the second axis)."""
+    rows, n = x.shape[:2]
+    flat = (torch.arange(rows, device=x.device)[:, None] * n + index).reshape(-1)
+    return x.reshape(rows * n, -1).index_select(0, flat).reshape(rows, -1, *x.shape[2:])
 
 
 def _one_sequence(state: State, rows: int) -> State:
@@ -477,7 +487,8 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     out = out.reshape(rows, length, dv)
     if not return_state:
         return out, None
-    key_sums = clean.k.reshape(rows, nc, chunk, d).sum(dim=2).transpose(0, 1)  # (nc, R, D)
+    key_sums = torch.einsum("rncd,nc->nrd", clean.k.reshape(rows, nc, chunk, d),
+                            valid.to(clean.k.dtype))  # (nc, R, D), padding keys left out
     lengths = tuple(a + b for a, b in zip(st.length, plan.lengths, strict=True))
     end = state_from_sums(after, length=lengths, frame=m_end[:, plan.tail].T,
                           reference=s_ref_seq.T,

@@ -16,73 +16,81 @@ from typing import Any
 import torch
 
 from zeros_backends.torch_backend import chunked
-from zeros_backends.torch_backend.chunked import Chunks, Sums
+from zeros_backends.torch_backend.chunked import Chunks, Sequences, Sums
 
 from . import chunk
 
 __all__ = ["form"]
 
 _CHUNKS, _SUMS = Chunks._fields, Sums._fields
-"""The names of the tensors `_ChunkedForm` takes, in the order it takes them."""
+"""The names of the tensors `_ChunkedForm` takes, in the order it takes them: the chunks,
+then the initial sums where there are any."""
 
 
 class _ChunkedForm(torch.autograd.Function):
-    """Inputs: the products' precision, the slab size of the backward, then the tensors of
-    `Chunks` and of `Sums` (named by `_CHUNKS` and `_SUMS`); outputs: the chunk outputs and
-    the four sums after the last chunk (f, e, g, h)."""
+    """Inputs: the products' precision, the slab size of the backward, S, whether the final
+    sums are wanted, whether initial sums follow, then the tensors of `Chunks` and of the
+    initial `Sums` (named by `_CHUNKS` and `_SUMS`); outputs: the chunk outputs and the four
+    final sums (f, e, g, h; empty tensors when not wanted)."""
 
     @staticmethod
-    def forward(ctx: Any, precision: str, slab_size: int,
-                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, precision: str, slab_size: int, count: int, finals: bool,
+                has_init: bool, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.save_for_backward(*tensors)
-        ctx.slab_size = slab_size
-        chunks, sums = _named(tensors)
-        out, after = chunk.forward(chunks, sums, precision=precision)
+        ctx.options = (slab_size, count, finals, has_init)
+        chunks, sequences = _named(tensors, count, finals, has_init)
+        out, after = chunk.forward(chunks, sequences, precision=precision)
+        if after is None:
+            return (out, *(out.new_empty(0) for _ in _SUMS))
         return out, after.f, after.e, after.g, after.h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        wanted = ctx.needs_input_grad[2:]  # not the precision, not the slab size
+        slab_size, count, finals, has_init = ctx.options
+        skipped = 5  # precision, slab size, S, finals, has_init
+        wanted = ctx.needs_input_grad[skipped:]
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, wanted)]
-            chunks, sums = _named(leaves)
-            out, after = chunked.slabs(chunks, sums, slab_size=ctx.slab_size)
-            results = (out, after.f, after.e, after.g, after.h)
+            chunks, sequences = _named(leaves, count, finals, has_init)
+            out, after = chunked.slabs(chunks, sequences, slab_size=slab_size)
+            results = (out,) if after is None else (out, after.f, after.e, after.g, after.h)
             pairs = [(y, dy) for y, dy in zip(results, cotangents)
                      if dy is not None and y.requires_grad]
             inputs = [x for x, need in zip(leaves, wanted) if need]
             if not pairs or not inputs:
-                return (None,) * (2 + len(saved))
+                return (None,) * (skipped + len(saved))
             found = iter(torch.autograd.grad([y for y, _ in pairs], inputs,
                                              [dy for _, dy in pairs], allow_unused=True))
-        return (None, None, *(next(found) if need else None for need in wanted))
+        return (*(None,) * skipped, *(next(found) if need else None for need in wanted))
 
 
-def _flat(chunks: Chunks, sums: Sums) -> list[torch.Tensor]:
-    """The tensors of `chunks` and `sums`, named by `_CHUNKS` and `_SUMS`."""
-    return [getattr(chunks, name) for name in _CHUNKS] + [getattr(sums, name) for name in _SUMS]
+def _flat(chunks: Chunks, sequences: Sequences) -> list[torch.Tensor]:
+    """The tensors of `chunks` and of the initial sums, named by `_CHUNKS` and `_SUMS`."""
+    init = [] if sequences.init is None else [getattr(sequences.init, n) for n in _SUMS]
+    return [getattr(chunks, name) for name in _CHUNKS] + init
 
 
-def _named(tensors: Any) -> tuple[Chunks, Sums]:
-    """`Chunks` and `Sums` from the tensors of `_flat`, by name."""
+def _named(tensors: Any, count: int, finals: bool, has_init: bool) -> tuple[Chunks, Sequences]:
+    """`Chunks` and `Sequences` from the tensors of `_flat`, by name."""
     named = dict(zip((*_CHUNKS, *_SUMS), tensors))
+    init = Sums(**{name: named[name] for name in _SUMS}) if has_init else None
     return (Chunks(**{name: named[name] for name in _CHUNKS}),
-            Sums(**{name: named[name] for name in _SUMS}))
+            Sequences(init=init, count=count, finals=finals))
 
 
-def form(chunks: Chunks, sums: Sums, *, precision: str = "ieee",
-         slab_size: int = chunked.SLAB) -> tuple[torch.Tensor, Sums]:
+def form(chunks: Chunks, sequences: Sequences, *, precision: str = "ieee",
+         slab_size: int = chunked.SLAB) -> tuple[torch.Tensor, Sums | None]:
     """The Triton backend's `chunked.Form` (with `precision` and `slab_size` bound): the
-    kernels, differentiable in every tensor of `chunks` and `sums`.
+    kernels, differentiable in every tensor of `chunks` and of the initial sums.
 
     Parameters
     ----------
     chunks : Chunks
         float32 tensors on the kernels' device (see `chunk.forward`).
-    sums : Sums
-        The sums before the first chunk.
+    sequences : Sequences
+        The sequences' initial sums (or None), their number, whether final sums are wanted.
     precision : str
         The products' precision on a GPU, ``"ieee"`` or ``"tf32"`` (`chunk.forward`).
     slab_size : int
@@ -93,11 +101,13 @@ def form(chunks: Chunks, sums: Sums, *, precision: str = "ieee",
     -------
     out : torch.Tensor
         (R, nc, C, Dv) float32.
-    sums : Sums
-        The sums after the last chunk.
+    finals : Sums or None
+        The sums after each sequence's last chunk, if ``sequences.finals``.
     """
-    tensors = _flat(chunks, sums)
+    tensors = _flat(chunks, sequences)
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in tensors):
-        return chunk.forward(chunks, sums, precision=precision)
-    out, f, e, g, h = _ChunkedForm.apply(precision, slab_size, *tensors)
-    return out, Sums(f=f, e=e, g=g, h=h)
+        return chunk.forward(chunks, sequences, precision=precision)
+    out, f, e, g, h = _ChunkedForm.apply(precision, slab_size, sequences.count,
+                                         sequences.finals, sequences.init is not None,
+                                         *tensors)
+    return out, (Sums(f=f, e=e, g=g, h=h) if sequences.finals else None)

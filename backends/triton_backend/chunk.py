@@ -4,12 +4,14 @@
 Two kernels, in the structure of flash-linear-attention's chunked kernels:
 
 - `_state_kernel`, grid (R, D tiles, Dv tiles): each program walks the nc chunks of its row in
-  order (spec 4.2, step 6). For chunk c it first writes the sums the chunk reads (F before it,
+  order (spec 4.2, step 6). Chunks never span two sequences of a packed call (the chunk plan
+  of `zeros_backends.torch_backend.plan`): where chunk c starts a sequence, the sums restart
+  from that sequence's initial ones, and after a sequence's last chunk they are stored as its
+  final sums. For chunk c it first writes the sums the chunk reads (F before it,
   in the frame M_{c-1}; E; G' about s_ref; H) to an (R, nc, 3, D, Dv) buffer, then absorbs
   ``U_c = K_c^T [w v | rel v | v]``: ``F <- exp(M_{c-1} - M_c) F + K^T (w v)`` (a decay <= 1,
   w = exp(s - M_c) <= 1), ``E <- exp(M_{c-1} - M_c) E + sum w`` (the chunk's sum of w is one
-  torch reduction), ``G' <- G' + K^T (rel v)``, ``H <- H + K^T v``. The sums after the last
-  chunk are the call's.
+  torch reduction), ``G' <- G' + K^T (rel v)``, ``H <- H + K^T v``.
 - `_output_kernel`, grid (R nc, Dv tiles): every chunk at once (spec 4.2, steps 2-5). The
   C x C weights ``W[t, i] = cos[t, i] (a_t exp(s_i - m_t) + b_t (rel_i - mean_t) + c_t)``,
   i <= t, each with row t's own frame m_t, so every exponent is <= 0 (never a factorisation
@@ -34,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from zeros_backends.torch_backend.chunked import Chunks, Sums
+from zeros_backends.torch_backend.chunked import Chunks, Sequences, Sums
 
 __all__ = ["INTERPRETED", "PRECISIONS", "Config", "forward"]
 
@@ -68,10 +70,13 @@ def _width(n: int) -> int:
 
 @triton.jit
 def _state_kernel(k_ptr, v_ptr, w_ptr, w_sum_ptr, rel_ptr, m_prev_ptr, m_end_ptr,
-                  f0_ptr, e0_ptr, g0_ptr, h0_ptr, kv_ptr, e_ptr, last_ptr, e_last_ptr,
-                  NC, D: tl.constexpr, DV: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-                  BV: tl.constexpr, PRECISION: tl.constexpr):
-    """The sums before every chunk of one row and one (BD, BV) tile, and after the last."""
+                  segment_ptr, start_ptr, end_ptr, f0_ptr, e0_ptr, g0_ptr, h0_ptr, kv_ptr, e_ptr,
+                  f1_ptr, e1_ptr, g1_ptr, h1_ptr, R, NC, D: tl.constexpr, DV: tl.constexpr,
+                  C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+                  HAS_INIT: tl.constexpr, FINALS: tl.constexpr):
+    """The sums before every chunk of one row and one (BD, BV) tile; where a chunk starts a
+    sequence they restart from its initial sums (zeros without `HAS_INIT`), and with
+    `FINALS` the sums after a sequence's last chunk are stored as its final ones."""
     row = tl.program_id(0).to(tl.int64)
     tile_d, tile_v = tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     cols_d = tile_d * BD + tl.arange(0, BD)  # (BD,)
@@ -80,11 +85,10 @@ def _state_kernel(k_ptr, v_ptr, w_ptr, w_sum_ptr, rel_ptr, m_prev_ptr, m_end_ptr
     in_tile = (cols_d[:, None] < D) & in_v  # (BD, BV)
     square = D * DV
     inner = cols_d[:, None] * DV + cols_v[None, :]  # (BD, BV) offsets in a (D, Dv) matrix
-    tile = row * square + inner  # in (R, D, Dv)
-    f = tl.load(f0_ptr + tile, mask=in_tile, other=0.0)  # (BD, BV)
-    g = tl.load(g0_ptr + tile, mask=in_tile, other=0.0)
-    h = tl.load(h0_ptr + tile, mask=in_tile, other=0.0)
-    e = tl.load(e0_ptr + row)
+    f = tl.zeros((BD, BV), dtype=tl.float32)
+    g = tl.zeros((BD, BV), dtype=tl.float32)
+    h = tl.zeros((BD, BV), dtype=tl.float32)
+    e = tl.zeros([], dtype=tl.float32)
     writes_e = (tile_d == 0) & (tile_v == 0)
     # Pointers to chunk 0 of this row, moved on by one chunk per step.
     tok = row * NC * C + tl.arange(0, C)  # (C,) tokens in (R, nc C)
@@ -94,7 +98,24 @@ def _state_kernel(k_ptr, v_ptr, w_ptr, w_sum_ptr, rel_ptr, m_prev_ptr, m_end_ptr
     w_at, rel_at = w_ptr + tok, rel_ptr + tok  # (C,)
     frame_at = row * NC  # chunk 0 of this row in (R, nc)
     sums_at = kv_ptr + row * NC * (3 * square) + inner  # (BD, BV): F before chunk 0
-    for _ in range(NC):
+    for c in range(NC):
+        # A chunk that starts a sequence begins from its initial sums, (S, R, D, Dv).
+        seq = tl.load(segment_ptr + c)
+        starts = tl.load(start_ptr + c) != 0
+        at_seq = seq * R + row
+        if HAS_INIT:
+            f = tl.where(starts, tl.load(f0_ptr + at_seq * square + inner, mask=in_tile,
+                                         other=0.0), f)
+            g = tl.where(starts, tl.load(g0_ptr + at_seq * square + inner, mask=in_tile,
+                                         other=0.0), g)
+            h = tl.where(starts, tl.load(h0_ptr + at_seq * square + inner, mask=in_tile,
+                                         other=0.0), h)
+            e = tl.where(starts, tl.load(e0_ptr + at_seq), e)
+        else:
+            f = tl.where(starts, 0.0, f)
+            g = tl.where(starts, 0.0, g)
+            h = tl.where(starts, 0.0, h)
+            e = tl.where(starts, 0.0, e)
         tl.store(sums_at, f, mask=in_tile)
         tl.store(sums_at + square, g, mask=in_tile)
         tl.store(sums_at + 2 * square, h, mask=in_tile)
@@ -109,17 +130,21 @@ def _state_kernel(k_ptr, v_ptr, w_ptr, w_sum_ptr, rel_ptr, m_prev_ptr, m_end_ptr
         g += tl.dot(keys_t, values * rel[:, None], input_precision=PRECISION)
         h += tl.dot(keys_t, values, input_precision=PRECISION)
         e = e * decay + tl.load(w_sum_ptr + frame_at)  # the chunk's sum of w
+        if FINALS:  # the last chunk of its sequence
+            ends = tl.load(end_ptr + c) != 0
+            # (the flag loaded as a tile: Triton's interpreter cannot mask with a scalar
+            # broadcast against a tile)
+            in_end = in_tile & (tl.load(end_ptr + c + 0 * inner) != 0)
+            tl.store(f1_ptr + at_seq * square + inner, f, mask=in_end)
+            tl.store(g1_ptr + at_seq * square + inner, g, mask=in_end)
+            tl.store(h1_ptr + at_seq * square + inner, h, mask=in_end)
+            tl.store(e1_ptr + at_seq, e, mask=writes_e & ends)
         keys_at += C * D
         values_at += C * DV
         w_at += C
         rel_at += C
         frame_at += 1
         sums_at += 3 * square
-    last_at = last_ptr + row * (3 * square) + inner  # (BD, BV): F in (R, 3, D, Dv)
-    tl.store(last_at, f, mask=in_tile)
-    tl.store(last_at + square, g, mask=in_tile)
-    tl.store(last_at + 2 * square, h, mask=in_tile)
-    tl.store(e_last_ptr + row, e, mask=writes_e)
 
 
 @triton.jit
@@ -181,10 +206,11 @@ INTERPRETED = type(_output_kernel).__name__ == "InterpretedFunction"
 module was imported, which is when ``triton.jit`` decides): on CPU tensors."""
 
 
-def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
-            precision: str = "ieee") -> tuple[torch.Tensor, Sums]:
-    """The `Form` of the Triton backend: outputs (R, nc, C, Dv) and the sums after the last
-    chunk, computed by the two kernels (no autograd; see `autograd.form`).
+def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, *,
+            precision: str = "ieee") -> tuple[torch.Tensor, Sums | None]:
+    """The `Form` of the Triton backend: outputs (R, nc, C, Dv) and, if
+    ``sequences.finals``, the sums after each sequence's last chunk, computed by the two
+    kernels (no autograd; see `autograd.form`).
 
     Parameters
     ----------
@@ -192,8 +218,9 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
         float32 tensors on the kernels' device (CPU under the interpreter, else CUDA); C a
         power of two, at least 16. The kernels read the vectors as `Chunks.vectors` gives
         them (unit directions and finite values), taken here for the whole call.
-    sums : Sums
-        F (R, D, Dv) in the frame ``chunks.m_prev[:, 0]``, E (R,), G' (R, D, Dv), H (R, D, Dv).
+    sequences : Sequences
+        The sequences' initial sums, (S, R, D, Dv) and E (S, R), or None for zeros; S; and
+        whether their final sums are wanted.
     config : Config or None
         Tiles; None takes `Config.for_device`.
     precision : str
@@ -214,16 +241,24 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
     # The kernels read unit directions and finite values, taken here for the whole call.
     q, k, v = chunks.vectors()
     x = chunks._replace(q=q, k=k, v=v).map(torch.Tensor.contiguous)
-    start = sums.map(torch.Tensor.contiguous)
     kv = x.q.new_empty((rows, nc, 3, d, dv))  # the sums before every chunk
     e_before = x.q.new_empty((rows, nc))
-    last = x.q.new_empty((rows, 3, d, dv))
-    e_last = x.q.new_empty((rows,))
+    count = sequences.count
+    init = (sequences.init.map(torch.Tensor.contiguous) if sequences.init is not None
+            else Sums(f=kv, e=e_before, g=kv, h=kv))  # not read
+    finals = Sums(f=x.q.new_zeros((count, rows, d, dv)), e=x.q.new_zeros((count, rows)),
+                  g=x.q.new_zeros((count, rows, d, dv)),
+                  h=x.q.new_zeros((count, rows, d, dv))) if sequences.finals else None
+    out_sums = finals or Sums(f=kv, e=e_before, g=kv, h=kv)  # not written
     w_sum = x.w.sum(dim=-1)  # (R, nc)
     grid = (rows, triton.cdiv(d, config.block_d), triton.cdiv(dv, config.block_v))
-    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, start.f, start.e,
-                        start.g, start.h, kv, e_before, last, e_last, nc, D=d, DV=dv, C=chunk,
+    starts = x.start.to(torch.int8)
+    ends = torch.cat([starts[1:], starts.new_ones(1)])  # the last chunk of its sequence
+    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, x.segment, starts,
+                        ends, init.f, init.e, init.g, init.h, kv, e_before, out_sums.f,
+                        out_sums.e, out_sums.g, out_sums.h, rows, nc, D=d, DV=dv, C=chunk,
                         BD=config.block_d, BV=config.block_v, PRECISION=precision,
+                        HAS_INIT=sequences.init is not None, FINALS=sequences.finals,
                         num_warps=config.warps)
     out = x.q.new_empty((rows, nc, chunk, dv))
     grid = (rows * nc, triton.cdiv(dv, config.block_v))
@@ -231,4 +266,4 @@ def forward(chunks: Chunks, sums: Sums, config: Config | None = None, *,
                          x.higher, x.zero, x.t, kv, e_before, out, nc, D=d, DV=dv, C=chunk,
                          BD=_width(d), BV=config.block_v, PRECISION=precision,
                          num_warps=config.warps)
-    return out, Sums(f=last[:, 0], e=e_last, g=last[:, 1], h=last[:, 2])
+    return out, finals
