@@ -45,15 +45,28 @@ class PrefixStats(NamedTuple):
     exp_logits: Any
 
 
+def prior_count(xp: Any, state: State, dtype: Any) -> Any:
+    """n, the tokens `state` holds: its int `length`, or, where a backend carries rows of
+    different counts (an integer array (*B,) as `length`), that count as (*B, 1) of `dtype`,
+    so that it broadcasts against the (*B, C) positions of a chunk."""
+    if isinstance(state.length, int):
+        return state.length
+    return xp.astype(state.length, dtype)[..., None]
+
+
 def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixStats:
     """Statistics of rows whose keys are the state's prefix plus the `visible` chunk keys.
 
     Shapes: s (*B, C) chunk logits; visible (R, C) bool, every row seeing at least one key;
-    t (R,) 1-based positions. A NaN logit at i reaches the rows that see i and no other.
+    t (R,) or (*B, R) 1-based positions. A NaN logit at i reaches the rows that see i and no other.
     """
     # Step 1 (4.2): the running max. An empty state adopts the chunk's first logit as its
     # reference, so no infinity enters the state.
-    m_prev = state.running_max if state.length else s[..., 0]  # (*B,)
+    n = prior_count(xp, state, s.dtype)  # n, or (*B, 1) where rows hold different counts
+    if isinstance(n, int):
+        m_prev = state.running_max if n else s[..., 0]  # (*B,)
+    else:
+        m_prev = xp.where(n[..., 0] > 0, state.running_max, s[..., 0])
     seen = xp.where(visible, s[..., None, :], -xp.inf)  # (*B, R, C), -inf where hidden
     m = xp.maximum(m_prev[..., None], xp.max(seen, axis=-1))  # (*B, R)
     # Step 2: logits relative to each row's max, <= 0 where visible (exp(-inf) = 0 elsewhere).
@@ -64,7 +77,7 @@ def prefix_stats(xp: Any, state: State, s: Any, visible: Any, t: Any) -> PrefixS
     decay = xp.exp(m_prev[..., None] - m)  # (*B, R), <= 1
     normaliser = decay * state.normaliser[..., None] + xp.sum(exp_logits, axis=-1)
     mean_prev = state.mean_offset[..., None] + (m_prev[..., None] - m)  # sbar_prev - m_t
-    mean_offset = (state.length * mean_prev + xp.sum(relative, axis=-1)) / t  # (*B, R)
+    mean_offset = (n * mean_prev + xp.sum(relative, axis=-1)) / t  # (*B, R)
     return PrefixStats(m=m, mean_offset=mean_offset, normaliser=normaliser, decay=decay,
                        shift=mean_prev - mean_offset, relative=relative, exp_logits=exp_logits)
 
@@ -128,7 +141,7 @@ def causal_step(
     ``(*B, C, Dv)`` outputs and the state of the prefix extended by the chunk.
     """
     c = s.shape[-1]
-    t = xp.arange(state.length + 1, state.length + c + 1, dtype=s.dtype, device=device(s))
+    t = prior_count(xp, state, s.dtype) + xp.arange(1, c + 1, dtype=s.dtype, device=device(s))
     rows = xp.arange(c, device=device(s))
     visible = rows[None, :] <= rows[:, None]  # (C, C): key i is visible from query t if i <= t
     qh, kh = unit(xp, q), unit(xp, k)

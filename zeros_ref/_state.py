@@ -35,7 +35,9 @@ class State:
     Attributes
     ----------
     length : int, or tuple of int for a packed state
-        n, the number of tokens absorbed (of each sequence).
+        n, the number of tokens absorbed (of each sequence). A backend whose rows hold
+        different counts may carry an integer array (*B,) instead; `rows`, `merge` and
+        `with_batch` then split, join and reshape it with the rows.
     running_max : (*B,) array
         m, the largest logit of the prefix (meaningless while ``length == 0``).
     mean_offset : (*B,) array
@@ -92,10 +94,14 @@ class State:
                         for f in fields(self) if f.name != "length"})
 
     def _map(self, function: Any) -> State:
-        """The state with `function(array, trailing axes)` applied to every array field."""
+        """The state with `function(array, trailing axes)` applied to every array field (and
+        to `length` where it is an array of per-row counts)."""
         trailing = {"running_max": 0, "mean_offset": 0, "normaliser": 0, "kv": 3, "key_sum": 1}
-        return State(length=self.length, **{name: function(getattr(self, name), tail)
-                                            for name, tail in trailing.items()})
+        length = self.length
+        if _per_row(length):
+            length = function(length, 0)
+        return State(length=length, **{name: function(getattr(self, name), tail)
+                                       for name, tail in trailing.items()})
 
     def with_batch(self, xp: Any, batch: tuple[int, ...]) -> State:
         """The same state with its leading axes *B reshaped to `batch` (same element count).
@@ -129,5 +135,11 @@ class State:
             rows = xp.concat([getattr(st, name) for _, st in parts])
             return rows if in_order else xp.take(rows, order, axis=0)
 
-        return cls(length=parts[0][1].length,
+        length = parts[0][1].length
+        return cls(length=merged("length") if _per_row(length) else length,
                    **{f.name: merged(f.name) for f in fields(cls) if f.name != "length"})
+
+
+def _per_row(length: Any) -> bool:
+    """Whether a state's `length` is an array of per-row counts (not an int or a tuple)."""
+    return hasattr(length, "shape")

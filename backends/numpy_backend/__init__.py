@@ -16,6 +16,7 @@ Layout
 ``logits``         the default causal logits as prefix sums in chunk products
 ``bidirectional``  the whole-sequence form (spec 4.3)
 ``threads``        row groups and worker threads
+``varlen``         packed calls (spec 5.2): the sequences as rows of a few batched calls
 
 Only the names in ``__all__`` here are the backend's interface; the modules' names are
 internal to the package.
@@ -85,6 +86,7 @@ from .frames import Seq, spread_limit
 from .logits import causal_logits
 from .paths import FAST, REFERENCE, causal_slabs
 from .threads import map_groups, row_groups
+from .varlen import packed_bidirectional, packed_causal
 
 __all__ = ["FAST", "REFERENCE", "NumpyBackend", "backend", "spread_limit"]
 
@@ -113,7 +115,7 @@ class NumpyBackend:
 
     name = "numpy"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits"})
+    features = frozenset({"bidirectional", "state", "default_logits", "varlen"})
     device = "cpu"
 
     def __init__(self, *, chunk_size: int = 64, slab_size: int = 8,
@@ -143,6 +145,7 @@ class NumpyBackend:
         causal: bool = True,
         state: State | None = None,
         return_state: bool = False,
+        cu_seqlens: np.ndarray | None = None,
     ) -> Any:
         """ZeroS attention with the semantics of `zeros_ref.attention`.
 
@@ -158,6 +161,10 @@ class NumpyBackend:
             State of the preceding part of the sequence (causal only).
         return_state : bool
             Also return the state after this input (causal only).
+        cu_seqlens : (S + 1,) integer array or None
+            Offsets of S sequences packed along the time axis (spec 5.2); `state` then holds
+            one state per sequence, leading axes (S, *B). Computed in batched calls
+            (`varlen`), never one per sequence.
 
         Returns
         -------
@@ -180,7 +187,8 @@ class NumpyBackend:
         (2, 5, 4)
         """
         inp, start = check_call(q, k, v, logits=logits, first=first, higher=higher, zero=zero,
-                                causal=causal, state=state, return_state=return_state)
+                                causal=causal, state=state, return_state=return_state,
+                                cu_seqlens=cu_seqlens)
         if not isinstance(inp.q, np.ndarray):
             raise TypeError(f"the numpy backend takes NumPy arrays; got {type(q).__name__}")
         batch, n, dv = inp.batch, inp.n, inp.v.shape[-1]
@@ -189,6 +197,16 @@ class NumpyBackend:
             out = np.zeros((*batch, 0, dv), dtype=inp.dtype)
             return (out, start) if return_state else out
         with np.errstate(all="ignore"):  # no warnings from the internals (spec 8)
+            if inp.offsets is not None:  # packed sequences (spec 5.2)
+                if causal:
+                    flat, end = packed_causal(self, inp, start, return_state=return_state)
+                else:
+                    flat, end = packed_bidirectional(self, inp), None
+                out = flat.reshape(*batch, n, dv).astype(inp.dtype, copy=False)
+                if return_state:
+                    count = len(inp.offsets) - 1
+                    return out, end.with_batch(np, (count, *batch))
+                return out
             if causal:
                 flat, end = self._causal(inp, start.with_batch(np, (math.prod(batch),)),
                                          return_state=return_state)
@@ -230,24 +248,35 @@ class NumpyBackend:
 
     def _causal(self, inp: Any, start: State, *,
                 return_state: bool) -> tuple[np.ndarray, State]:
-        """Causal outputs (R, N, Dv) and the final state (R rows) of flattened inputs.
-
-        Parts of the state that nothing reads are not kept unless it is returned: the key sum
-        (read by the default logits) and G (read where first != higher).
-        """
+        """Causal outputs (R, N, Dv) and the final state (R rows) of flattened inputs."""
         nrows, n = math.prod(inp.batch), inp.n
         d, dv = inp.q.shape[-1], inp.v.shape[-1]
-        q, k = inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d)
-        v = inp.v.reshape(nrows, n, dv)
         gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
         logits = None if inp.logits is None else inp.logits.reshape(nrows, n)
-        out = np.empty((nrows, n, dv), inp.compute_dtype)
+        track_g = return_state or not np.array_equal(gates[0], gates[1])
+        return self.causal_rows(inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d),
+                                inp.v.reshape(nrows, n, dv), logits, gates, start,
+                                spans=list(self._spans(n)), return_state=return_state,
+                                track_g=track_g)
+
+    def causal_rows(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                    logits: np.ndarray | None, gates: tuple[np.ndarray, ...], start: State, *,
+                    spans: list[tuple[int, int, int, int]], return_state: bool,
+                    track_g: bool) -> tuple[np.ndarray, State]:
+        """Causal outputs (R, n, Dv) and final state of R rows of n tokens each, from `start`
+        (R rows; its `length` an int, or one count per row), the tokens cut into `spans`
+        (start, stop, L, C) of equal slabs (`_spans`). Adds the rows' paths to `last_paths`.
+
+        Parts of the state that nothing reads are not kept unless it is returned: the key sum
+        (read by the default logits) and G (read where first != higher, `track_g`).
+        """
+        nrows, n, d = q.shape
+        dv = v.shape[-1]
+        out = np.empty((nrows, n, dv), q.dtype)
         index = np.arange(nrows)
 
         def run_group(group: slice) -> tuple[State, Counter]:
-            first, higher = gates[0][group], gates[1][group]
-            track_g = return_state or not np.array_equal(first, higher)
-            ws = Workspace(inp.compute_dtype, d, dv, track_g=track_g)
+            ws = Workspace(q.dtype, d, dv, track_g=track_g)
             paths, state = Counter(), start.rows(group)
             if logits is None:
                 s, key_sum = causal_logits(k[group], state)
@@ -257,7 +286,7 @@ class NumpyBackend:
                 if return_state:
                     key_sum = key_sum + np.sum(k[group], axis=1)
             seq = Seq(q[group], k[group], v[group], s, *(x[group] for x in gates))
-            for p0, p1, length, chunk in self._spans(n):
+            for p0, p1, length, chunk in spans:
                 state = causal_slabs(ws, state, seq.span(p0, p1), length, chunk,
                                       out[group, p0:p1], paths)
             # A returned state gets copies: the slabs' fields are views of per-call buffers
@@ -269,7 +298,7 @@ class NumpyBackend:
                          key_sum=keep(key_sum)), paths
 
         groups, results = self._run(run_group, nrows, n)
-        self.last_paths = sum((p for _, p in results), Counter())
+        self.last_paths += sum((p for _, p in results), Counter())
         if len(groups) == 1:
             return out, results[0][0]
         return out, State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])

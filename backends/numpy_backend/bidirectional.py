@@ -7,6 +7,8 @@ over slabs of tokens and read as ``out_t = Qf_t S``, both as products.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from zeros_ref.kernel import State, unit
@@ -30,12 +32,15 @@ def _directions(x: np.ndarray, out: np.ndarray) -> None:
 
 
 def bidirectional_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, s: np.ndarray,
-                       gates: tuple[np.ndarray, ...], out: np.ndarray, slab: int) -> None:
+                       gates: tuple[np.ndarray, ...], out: np.ndarray, slab: int, *,
+                       lengths: np.ndarray | None = None) -> None:
     """Whole-sequence state ``S = sum_i Kf_i^T v_i`` (3D, Dv), then ``out_t = Qf_t S``.
 
     Shapes: q, k (R, N, D); v, out (R, N, Dv); s and gates (R, N); `slab` tokens per
     product. The frame is the global max M (E >= 1, nothing can underflow to 0/0) and
-    s_ref = s_0. Features and state are in `State`'s slot order F, G, H.
+    s_ref = s_0. Features and state are in `State`'s slot order F, G, H. With `lengths`
+    (R,), row r holds only its first lengths[r] >= 1 tokens, and the rest is padding: zero
+    keys and logits of -inf, whose outputs are not wanted (a packed call, `varlen`).
     """
     nrows, n, d = q.shape
     first, higher, zero = gates
@@ -43,10 +48,14 @@ def bidirectional_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, s: np.ndarra
     top, ref = np.max(s, axis=1), s[:, 0]  # (R,)
     weights = np.exp(s - top[:, None])  # (R, N)
     centred = s - ref[:, None]  # (R, N)
-    mean = np.sum(centred, axis=1) / n  # (R,) sbar - s_ref
+    size: Any = n
+    if lengths is not None:  # padding weighs nothing and leaves the mean out
+        centred = np.where(np.arange(n) < lengths[:, None], centred, 0.0)
+        size = lengths[:, None].astype(s.dtype)
+    mean = np.sum(centred, axis=1, keepdims=True) / size  # (R, 1) sbar - s_ref
     a_prime = higher / np.sum(weights, axis=1)[:, None]  # a' = gh / E'
-    b = (first - higher) / n
-    c_prime = (zero - higher) / n - b * mean[:, None]  # c' = (g0 - gh) / n - b (sbar - s_ref)
+    b = (first - higher) / size
+    c_prime = (zero - higher) / size - b * mean  # c' = (g0 - gh) / n - b (sbar - s_ref)
     state = np.zeros((nrows, 3 * d, v.shape[-1]), q.dtype)  # [F; G; H] in the frame
     feat = np.empty((nrows, min(slab, n), 3 * d), q.dtype)
     for p0 in range(0, n, slab):

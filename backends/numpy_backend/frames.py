@@ -51,6 +51,7 @@ __all__ = [
     "SLOT_H",
     "Frame",
     "Seq",
+    "counts",
     "inverse_norms",
     "prefix_scan",
     "slab_frames",
@@ -152,27 +153,36 @@ def prefix_scan(state: State, ref: np.ndarray, top: np.ndarray, slab_sum: np.nda
     """The prefix of every slab in its frame: a scan over slabs on (R,) rows (spec 4.2.3).
 
     Shapes: ref, top (R, nb); slab_sum (R, nb) ``sum_i w_i`` of the slab; slab_mean
-    (R, nb) ``sum_i (s_i - s_ref)`` of the slab. Returns (R, nb) arrays: m_prev (the
-    slab's own first logit for an empty prefix), decay, E'_prev and mean_prev.
+    (R, nb) ``sum_i (s_i - s_ref)`` of the slab. The state's count is an int, or one per row
+    (R,) (`counts`). Returns (R, nb) arrays: m_prev (the slab's own first logit for an empty
+    prefix), decay, E'_prev and mean_prev.
     """
     m_prev, decay, e_prev, mean_prev = (np.zeros_like(top) for _ in range(4))
-    n = state.length
-    if n:
-        m, e, mean = state.running_max, state.normaliser, state.mean_offset  # mean: sbar - m
-        mean = mean + (m - ref[:, 0])  # sbar - s_ref of slab 0
+    n = counts(state, top.dtype)
+    held = n > 0  # () or (R,): the row's prefix holds tokens
+    m, e = state.running_max, state.normaliser
+    mean = state.mean_offset + (m - ref[:, 0])  # sbar - s_ref of slab 0 (mean: sbar - m)
     for j in range(top.shape[1]):
-        if n:
-            m_prev[:, j], decay[:, j] = m, np.exp(m - top[:, j])
-            e_prev[:, j], mean_prev[:, j] = e * decay[:, j], mean
-        else:
-            m_prev[:, j] = ref[:, j]
+        step = np.exp(m - top[:, j])
+        m_prev[:, j] = np.where(held, m, ref[:, j])
+        decay[:, j] = np.where(held, step, 0.0)
+        e_prev[:, j] = np.where(held, e * step, 0.0)
+        mean_prev[:, j] = np.where(held, mean, 0.0)
         # The state after slab j, in its frame; mean moved to the next slab's s_ref.
         m, e = top[:, j], e_prev[:, j] + slab_sum[:, j]
         mean = (n * mean_prev[:, j] + slab_mean[:, j]) / (n + length)
         if j + 1 < top.shape[1]:
             mean = mean + (ref[:, j] - ref[:, j + 1])
-        n += length
+        n, held = n + length, True
     return m_prev, decay, e_prev, mean_prev
+
+
+def counts(state: State, dtype: Any) -> Any:
+    """n, the tokens before the rows: the state's int `length`, or its per-row counts (R,)
+    as an array of `dtype` (a packed call's rows, `varlen`)."""
+    if isinstance(state.length, int):
+        return state.length
+    return np.asarray(state.length, dtype=dtype)
 
 
 def _max_abs(x: np.ndarray) -> np.ndarray:
@@ -190,12 +200,17 @@ def slab_frames(state: State, seq: Seq, length: int) -> Frame:
         return x.reshape(nrows, nb, length, *x.shape[2:])
 
     s = slabs(seq.s)  # (R, nb, L)
-    t = (state.length + np.arange(1, n + 1, dtype=s.dtype)).reshape(nb, length)  # 1-based
+    prior = counts(state, s.dtype)  # n: an int, or per row (R,)
+    per_row = np.ndim(prior) > 0
+    ahead = prior[:, None, None] if per_row else prior
+    t = ahead + np.arange(1, n + 1, dtype=s.dtype).reshape(nb, length)  # 1-based, (.., nb, L)
     # Step 1: each slab's top M, a running max over slabs.
     ref = s[..., 0]  # (R, nb)
     top = np.maximum.accumulate(np.max(s, axis=-1), axis=1)  # (R, nb)
-    if state.length:
-        top = np.maximum(top, state.running_max[:, None])
+    held = prior > 0  # the prefix holds tokens: its running max counts
+    if np.any(held):
+        top = np.where(held[:, None] if per_row else held,
+                       np.maximum(top, state.running_max[:, None]), top)
     # Steps 2-3: weights, E'_t and sbar_t - s_ref, with the prefix of each slab. The key
     # factors [w, 1, s - s_ref] are written in place and divided by |k| once used.
     key = np.empty((nrows, nb, 3, length), s.dtype)  # (R, nb, 3, L)
@@ -208,7 +223,7 @@ def slab_frames(state: State, seq: Seq, length: int) -> Frame:
     m_prev, decay, e_prev, mean_prev = prefix_scan(
         state, ref, top, normaliser[..., -1], mean[..., -1], length)
     normaliser += e_prev[..., None]
-    count = state.length + length * np.arange(nb)  # (nb,) tokens before each slab
+    count = (prior[:, None] if per_row else prior) + length * np.arange(nb)  # before each slab
     mean += (count * mean_prev)[..., None]
     mean /= t  # sbar_t - s_ref
     # Spec 4.1: coefficients [a', c', b], c' absorbing the move of the mean to s_ref.

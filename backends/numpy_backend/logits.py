@@ -14,6 +14,7 @@ import numpy as np
 from zeros_ref.kernel import State, running_mean_logits
 
 from .chunk import chunked
+from .frames import counts
 
 __all__ = ["LOGITS_PIECE", "PREFIX_CHUNK", "causal_logits"]
 
@@ -37,7 +38,9 @@ def causal_logits(k: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray]:
     chunk = PREFIX_CHUNK
     ones = np.tri(chunk, dtype=k.dtype)  # (C, C)
     s = np.empty((nrows, n), k.dtype)
-    key_sum, count = state.key_sum, state.length  # keys before the piece
+    key_sum, count = state.key_sum, counts(state, k.dtype)  # keys before the piece
+    if np.ndim(count):  # per row (R,): broadcast against the (R, n) positions
+        count = count[:, None]
     for p0 in range(0, n, LOGITS_PIECE):
         piece = k[:, p0:p0 + LOGITS_PIECE]
         whole = piece.shape[1] // chunk * chunk
