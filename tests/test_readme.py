@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from zeros_conformance import cli, registry
 
@@ -61,6 +62,17 @@ def test_packed_example_runs() -> None:
         got = np.concatenate([namespace["packed"][:, a:b], namespace["more"][:, c:d]], axis=1)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12, err_msg=f"sequence {j}")
     assert namespace["states"].length == (51, 37, 20)
+
+
+def test_packed_torch_example_runs() -> None:
+    """The torch block with a chunk plan, run after the packed one, gives its outputs."""
+    pytest.importorskip("torch")
+    namespace: dict = {}
+    for marker in ("return_state=True", "cu_seqlens", "chunk_plan"):
+        exec(next(b for b in blocks("python") if marker in b), namespace)
+    np.testing.assert_allclose(namespace["out"].numpy(), namespace["packed"], rtol=0,
+                               atol=1e-10)
+    assert namespace["tstates"].length == (50, 30, 20)
 
 
 def test_example_backend_conforms(tmp_path: Path) -> None:
