@@ -15,14 +15,15 @@ def _offsets(lengths: list[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
-def _counted(backend: NumpyBackend, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The row count of every batched call the backend makes (`causal_rows`)."""
-    calls: list[int] = []
+def _counted(backend: NumpyBackend,
+             monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(rows, tokens per row) of every batched call the backend makes (`causal_rows`)."""
+    calls: list[tuple[int, int]] = []
     inner = backend.causal_rows
 
-    def counting(q, *args, **kwargs):
-        calls.append(q.shape[0])
-        return inner(q, *args, **kwargs)
+    def counting(rows, *args, **kwargs):
+        calls.append(rows.shape[:2])
+        return inner(rows, *args, **kwargs)
 
     monkeypatch.setattr(backend, "causal_rows", counting)
     return calls
@@ -41,7 +42,7 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
     cu = _offsets([1] * s)
     calls = _counted(backend, monkeypatch)
     out, end = backend.attention(q, k, v, cu_seqlens=cu, state=packed, return_state=True)
-    assert calls == [s * rows]
+    assert calls == [(s * rows, 1)]
     want, want_end = zeros_ref.attention(q, k, v, cu_seqlens=cu, state=packed,
                                          return_state=True)
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
@@ -51,19 +52,19 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
 
 def test_calls_follow_head_lengths_and_slabs(rng: np.random.Generator,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sequences of l = r + k L tokens: one call per distinct head length r, one per slab
-    index; every token computed once."""
+    """Sequences of l = r + k L tokens: one call per distinct head length r, one per
+    distinct number of slabs k; every token computed once."""
     backend = NumpyBackend(chunk_size=8, slab_size=2, workers=1)  # L = 16
     lengths = [5, 0, 16, 21, 37, 5, 40, 3]
     cu = _offsets(lengths)
     q, k, v = rng.normal(size=(3, 1, sum(lengths), 4))
     calls = _counted(backend, monkeypatch)
     out = backend.attention(q, k, v, cu_seqlens=cu)
-    heads = {n % 16 for n in lengths if n % 16}
-    slabs = max(n // 16 for n in lengths)
-    assert len(calls) == len(heads) + slabs
-    tokens = sum(calls_rows * n for calls_rows, n in zip(calls, [*sorted(heads)] + [16] * slabs))
-    assert tokens == sum(lengths)
+    heads = sorted({n % 16 for n in lengths if n % 16})
+    slabs = sorted({n // 16 for n in lengths if n // 16})
+    assert len(calls) == len(heads) + len(slabs)
+    assert sorted(n for _, n in calls) == sorted([*heads, *(16 * j for j in slabs)])
+    assert sum(lanes * n for lanes, n in calls) == sum(lengths)
     np.testing.assert_allclose(out, zeros_ref.attention(q, k, v, cu_seqlens=cu), rtol=0,
                                atol=1e-12)
 

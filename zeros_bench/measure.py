@@ -36,6 +36,7 @@ __all__ = [
     "peak_memory",
     "product_rate",
     "timed",
+    "timed_in_turn",
 ]
 
 
@@ -56,6 +57,25 @@ def timed(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> dict[s
         times.append(time.perf_counter() - start)
         spent += times[-1]
     return {"min": min(times), "median": statistics.median(times), "repeats": len(times)}
+
+
+def timed_in_turn(fns: dict[str, Callable[[], Any]], repeats: int,
+                  budget_s: float = 40.0) -> dict[str, dict[str, float]]:
+    """`timed` of several calls taken in turn, one of each per round after a warm-up of
+    each, so that a machine whose speed drifts during the run slows them alike and their
+    ratios hold; rounds stop at `repeats` or once they have taken `budget_s` together."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent = 0.0
+    while len(times[next(iter(fns))]) < repeats and spent < budget_s:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+    return {name: {"min": min(t), "median": statistics.median(t), "repeats": len(t)}
+            for name, t in times.items()}
 
 
 def peak_memory(fn: Callable[[], Any]) -> int:

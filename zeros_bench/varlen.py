@@ -1,14 +1,13 @@
 """``zeros-bench --varlen``: a packed batch (spec 5.2) against one dense sequence and padding.
 
 For a backend that claims the feature "varlen", T tokens per row, cut into sequences of random
-lengths (`configs.Packed`), are timed three ways, in turn in one run, each with
-`measure.timed`:
+lengths (`configs.Packed`), are timed three ways in one run:
 
 - *packed*: one call with ``cu_seqlens``, the offsets given as
   ``backend.from_numpy(offsets, "int64")``;
 - *dense*: the same T tokens as one sequence, the cost a packed call should match
-  (ZS-ON-VARLEN);
-- *padded*: every sequence padded with zeros to the longest, one dense call over S*B rows:
+  (ZS-ON-VARLEN), timed in turn with the packed call, round by round (`timed_in_turn`);
+- *padded* (with `measure.timed`, after the others): every sequence padded with zeros to the longest, one dense call over S*B rows:
   what the batch costs without ``cu_seqlens``. Its rows hold S times the longest length, not
   T, tokens; where its inputs would take more than the batch's memory budget, it is skipped
   with the reason, and its token count is reported all the same.
@@ -31,7 +30,7 @@ import numpy as np
 from zeros_conformance import protocol
 
 from .configs import GIB, Packed
-from .measure import timed
+from .measure import timed, timed_in_turn
 
 __all__ = ["measure_varlen", "not_claimed", "padded_bytes", "varlen_lines"]
 
@@ -113,8 +112,8 @@ def measure_varlen(backend: Any, packed: Packed,
 
         return run
 
-    result["packed"] = timed(call(q, k, v, s, cu_seqlens=cu_seqlens), packed.repeats)
-    result["dense"] = timed(call(q, k, v, s), packed.repeats)
+    result.update(timed_in_turn({"packed": call(q, k, v, s, cu_seqlens=cu_seqlens),
+                                 "dense": call(q, k, v, s)}, packed.repeats))
     dense = result["dense"]["min"]
     result["packed_vs_dense"] = result["packed"]["min"] / dense
     result["padded"] = result["padded_vs_dense"] = result["padded_skipped"] = None

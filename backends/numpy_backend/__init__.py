@@ -15,6 +15,7 @@ Layout
 ``paths``          slabs in sequence; rows on the fast path and on the reference's step
 ``logits``         the default causal logits as prefix sums in chunk products
 ``bidirectional``  the whole-sequence form (spec 4.3)
+``rows``           where a call's rows come from (views, or a packed call's gathered lanes)
 ``threads``        row groups and worker threads
 ``varlen``         packed calls (spec 5.2): the sequences as rows of a few batched calls
 
@@ -71,6 +72,7 @@ inputs are computed in float32 and rounded once (ZS-DTYPE-HALF).
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -85,10 +87,15 @@ from .chunk import Workspace
 from .frames import Seq, spread_limit
 from .logits import causal_logits
 from .paths import FAST, REFERENCE, causal_slabs
+from .rows import DenseRows, Rows
 from .threads import map_groups, row_groups
 from .varlen import packed_bidirectional, packed_causal
 
-__all__ = ["FAST", "REFERENCE", "NumpyBackend", "backend", "spread_limit"]
+__all__ = ["FAST", "REFERENCE", "ROW_TOKENS", "NumpyBackend", "backend", "spread_limit"]
+
+ROW_TOKENS = 2048
+"""Rows times slab tokens that go through a slab together (a block of rows): the slab
+buffers of 4 rows of 512 tokens, which stay in the caches."""
 
 
 class NumpyBackend:
@@ -253,55 +260,76 @@ class NumpyBackend:
         d, dv = inp.q.shape[-1], inp.v.shape[-1]
         gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
         logits = None if inp.logits is None else inp.logits.reshape(nrows, n)
+        out = np.empty((nrows, n, dv), inp.compute_dtype)
+        rows = DenseRows(inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d),
+                         inp.v.reshape(nrows, n, dv), logits, gates, out)
         track_g = return_state or not np.array_equal(gates[0], gates[1])
-        return self.causal_rows(inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d),
-                                inp.v.reshape(nrows, n, dv), logits, gates, start,
-                                spans=list(self._spans(n)), return_state=return_state,
-                                track_g=track_g)
+        end = self.causal_rows(rows, start, spans=list(self._spans(n)),
+                               return_state=return_state, track_g=track_g)
+        return out, end
 
-    def causal_rows(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                    logits: np.ndarray | None, gates: tuple[np.ndarray, ...], start: State, *,
-                    spans: list[tuple[int, int, int, int]], return_state: bool,
-                    track_g: bool) -> tuple[np.ndarray, State]:
-        """Causal outputs (R, n, Dv) and final state of R rows of n tokens each, from `start`
-        (R rows; its `length` an int, or one count per row), the tokens cut into `spans`
-        (start, stop, L, C) of equal slabs (`_spans`). Adds the rows' paths to `last_paths`.
+    def causal_rows(self, rows: Rows, start: State, *, spans: list[tuple[int, int, int, int]],
+                    return_state: bool, track_g: bool,
+                    workspaces: dict[int, Workspace] | None = None,
+                    threads: bool = True) -> State:
+        """Causal outputs (written through `rows`) and final state of R rows of n tokens
+        each, from `start` (R rows; its `length` an int, or one count per row), the tokens
+        cut into `spans` (start, stop, L, C) of equal slabs (`_spans`). Adds the rows' paths
+        to `last_paths`.
 
-        Parts of the state that nothing reads are not kept unless it is returned: the key sum
-        (read by the default logits) and G (read where first != higher, `track_g`).
+        The rows go through the slabs a block at a time (`ROW_TOKENS`), so that a slab's
+        buffers stay in the caches however many rows a call has. Parts of the state that
+        nothing reads are not kept unless it is returned: the key sum (read by the default
+        logits) and G (read where first != higher, `track_g`). Calls that pass the same
+        `workspaces` (a packed call's, whose many calls would otherwise each allocate their
+        buffers afresh) reuse each worker thread's buffers. Without `threads` the rows run
+        on the calling thread (which may be a worker already).
         """
-        nrows, n, d = q.shape
-        dv = v.shape[-1]
-        out = np.empty((nrows, n, dv), q.dtype)
+        nrows, n, d, dv = rows.shape
         index = np.arange(nrows)
+        block = max(1, ROW_TOKENS // max(length for _, _, length, _ in spans))
 
         def run_group(group: slice) -> tuple[State, Counter]:
-            ws = Workspace(q.dtype, d, dv, track_g=track_g)
-            paths, state = Counter(), start.rows(group)
-            if logits is None:
-                s, key_sum = causal_logits(k[group], state)
-                check_default_logits(np, s, k[group], state.key_sum)
+            ws = Workspace(start.kv.dtype, d, dv, track_g=track_g)
+            if workspaces is not None:  # this thread's, from an earlier call
+                ws = workspaces.setdefault(threading.get_ident(), ws)
+            paths, parts = Counter(), []
+            for lo in range(group.start, group.stop, block):
+                part = slice(lo, min(lo + block, group.stop))
+                parts.append((index[part], run_block(ws, part, paths)))
+            return (parts[0][1] if len(parts) == 1 else State.merge(parts)), paths
+
+        def run_block(ws: Workspace, part: slice, paths: Counter) -> State:
+            x, state = rows.take(part), start.rows(part)
+            if x.logits is None:
+                s, key_sum = causal_logits(x.k, state)
+                check_default_logits(np, s, x.k, state.key_sum)
             else:
-                s, key_sum = logits[group], state.key_sum  # the sum is read only when returned
+                s, key_sum = x.logits, state.key_sum  # the sum is read only when returned
                 if return_state:
-                    key_sum = key_sum + np.sum(k[group], axis=1)
-            seq = Seq(q[group], k[group], v[group], s, *(x[group] for x in gates))
+                    key_sum = key_sum + np.sum(x.k, axis=1)
+            seq, out = Seq(x.q, x.k, x.v, s, *x.gates), rows.output(part)
             for p0, p1, length, chunk in spans:
                 state = causal_slabs(ws, state, seq.span(p0, p1), length, chunk,
-                                      out[group, p0:p1], paths)
+                                      out[:, p0:p1], paths)
+            rows.put(part, out)
             # A returned state gets copies: the slabs' fields are views of per-call buffers
             # whose size grows with N, which it must not keep alive (ZS-ON-STATE).
             keep = np.copy if return_state else (lambda x: x)
             return State(length=state.length, running_max=keep(state.running_max),
                          mean_offset=keep(state.mean_offset),
                          normaliser=keep(state.normaliser), kv=keep(state.kv),
-                         key_sum=keep(key_sum)), paths
+                         key_sum=keep(key_sum))
 
-        groups, results = self._run(run_group, nrows, n)
+        if threads:
+            groups, results = self._run(run_group, nrows, n)
+        else:
+            groups = [slice(0, nrows)]
+            results = [run_group(groups[0])]
         self.last_paths += sum((p for _, p in results), Counter())
         if len(groups) == 1:
-            return out, results[0][0]
-        return out, State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])
+            return results[0][0]
+        return State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])
 
     # -- bidirectional --------------------------------------------------------------------------
 

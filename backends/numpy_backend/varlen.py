@@ -26,32 +26,82 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from zeros_ref.kernel import Inputs, State, check_default_logits
 
 from .bidirectional import bidirectional_rows
+from .rows import Block
 
 __all__ = ["packed_bidirectional", "packed_causal"]
 
 
-def _lanes(seqs: np.ndarray, rows: int) -> np.ndarray:
-    """The lanes (sequence j, row r) -> j R + r of the sequences `seqs`, sequence-major."""
-    return (seqs[:, None] * rows + np.arange(rows)).reshape(-1)
+def _lanes(index: np.ndarray, rows: int) -> np.ndarray:
+    """The lanes (sequence index[i], row r) -> index[i] R + r, sequence-major: the order of
+    `Lanes` and of the per-lane states."""
+    return (index[:, None] * rows + np.arange(rows)).reshape(-1)
 
 
-def _gather(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Tokens (g, n) of x (R, T, ...) as lanes (g R, n, ...)."""
-    picked = np.swapaxes(x[:, tokens], 0, 1)  # (g, R, n, ...)
-    return picked.reshape(-1, *picked.shape[2:])
+class _Packed(NamedTuple):
+    """A packed call's arrays, rows flattened: q, k (R, T, D); v and out (R, T, Dv); logits
+    (R, T) or None; gates (R, T) each."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    logits: np.ndarray | None
+    gates: tuple[np.ndarray, ...]
+    out: np.ndarray
 
 
-def _scatter(out: np.ndarray, tokens: np.ndarray, lanes: np.ndarray) -> None:
-    """Write the lanes' outputs (g R, n, Dv) to their tokens (g, n) of out (R, T, Dv)."""
-    g, n = tokens.shape
-    out[:, tokens] = np.swapaxes(lanes.reshape(g, -1, n, lanes.shape[-1]), 0, 1)
+class Lanes:
+    """The lanes of one call of a packed call (a `rows.Rows` source): lane ``i R + r`` is
+    row r of the call's sequence i, whose n tokens start at ``starts[i]`` of the packed
+    arrays. A block of lanes of one sequence is a view of them (its rows, its tokens), and
+    its outputs are written in place; a block across sequences is gathered (and scattered
+    back)."""
+
+    def __init__(self, x: _Packed, starts: np.ndarray, n: int) -> None:
+        self.x, self.starts, self.n = x, starts, n
+        rows = x.q.shape[0]
+        self.shape = (starts.shape[0] * rows, n, x.q.shape[-1], x.v.shape[-1])
+
+    def _split(self, lanes: slice) -> tuple[int, slice] | None:
+        """(token start, rows) where the lanes are rows of one sequence, else None."""
+        rows = self.x.q.shape[0]
+        first, last = lanes.start // rows, (lanes.stop - 1) // rows
+        if first != last:
+            return None
+        return int(self.starts[first]), slice(lanes.start % rows, (lanes.stop - 1) % rows + 1)
+
+    def _index(self, lanes: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (b, 1) and tokens (b, n) of the lanes, for a gather."""
+        index = np.arange(lanes.start, lanes.stop)
+        rows = self.x.q.shape[0]
+        return (index % rows)[:, None], self.starts[index // rows][:, None] + np.arange(self.n)
+
+    def take(self, lanes: slice) -> Block:
+        x, split = self.x, self._split(lanes)
+        if split is not None:  # views
+            a, rows = split
+            key: tuple[Any, Any] = (rows, slice(a, a + self.n))
+        else:  # a gather
+            key = self._index(lanes)
+        return Block(x.q[key], x.k[key], x.v[key], None if x.logits is None else x.logits[key],
+                     tuple(g[key] for g in x.gates))
+
+    def output(self, lanes: slice) -> np.ndarray:
+        split = self._split(lanes)
+        if split is not None:
+            a, rows = split
+            return self.x.out[rows, a:a + self.n]
+        return np.empty((lanes.stop - lanes.start, self.n, self.shape[3]), self.x.out.dtype)
+
+    def put(self, lanes: slice, out: np.ndarray) -> None:
+        if self._split(lanes) is None:
+            self.x.out[self._index(lanes)] = out
 
 
 def _put(store: State, index: np.ndarray, state: State) -> None:
@@ -70,31 +120,40 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
     lengths = np.diff(offsets)
     count, rows = lengths.shape[0], math.prod(inp.batch)
     t, d, dv = inp.n, inp.q.shape[-1], inp.v.shape[-1]
-    q, k = inp.q.reshape(rows, t, d), inp.k.reshape(rows, t, d)
-    v = inp.v.reshape(rows, t, dv)
     gates = tuple(np.broadcast_to(g, (*inp.batch, t)).reshape(rows, t)
                   for g in (inp.first, inp.higher, inp.zero))
-    logits = None if inp.logits is None else inp.logits.reshape(rows, t)
+    x = _Packed(inp.q.reshape(rows, t, d), inp.k.reshape(rows, t, d),
+                inp.v.reshape(rows, t, dv),
+                None if inp.logits is None else inp.logits.reshape(rows, t), gates,
+                np.empty((rows, t, dv), inp.compute_dtype))
     track_g = return_state or not np.array_equal(gates[0], gates[1])
-    per_lane = np.repeat(np.asarray(start.length, dtype=np.int64), rows)
-    init = replace(start.with_batch(np, (count * rows,)), length=per_lane)
     slab = backend.chunk_size * backend.slab_size
     whole, head = lengths // slab, lengths % slab  # k slabs after a head of r tokens
     going = np.flatnonzero(whole > 0)  # sequences with slabs after their head
     slot = np.full(count, -1)
     slot[going] = np.arange(going.size)
-    store = init.rows(_lanes(going, rows))  # their lanes' states between calls (copies)
-    finals = init.rows(np.arange(count * rows)) if return_state else None
-    out = np.empty((rows, t, dv), inp.compute_dtype)
+    fresh = not any(start.length)  # every sequence starts empty: no initial state to copy
+    init = None if fresh else replace(
+        start.with_batch(np, (count * rows,)),
+        length=np.repeat(np.asarray(start.length, dtype=np.int64), rows))
 
-    def run(tokens: np.ndarray, state: State) -> State:
-        part, end = backend.causal_rows(
-            _gather(q, tokens), _gather(k, tokens), _gather(v, tokens),
-            None if logits is None else _gather(logits, tokens),
-            tuple(_gather(g, tokens) for g in gates), state,
-            spans=list(backend._spans(tokens.shape[1])), return_state=True, track_g=track_g)
-        _scatter(out, tokens, part)
-        return end
+    def initial(seqs: np.ndarray) -> State:
+        """The initial states of the lanes of `seqs` (fresh arrays)."""
+        if init is not None:
+            return init.rows(_lanes(seqs, rows))
+        empty = State.empty(np, (rows * seqs.size,), d, dv, dtype=inp.compute_dtype,
+                            device="cpu")
+        return replace(empty, length=np.zeros(rows * seqs.size, dtype=np.int64))
+
+    store = initial(going)  # the states of lanes that go on, between calls
+    finals = initial(np.arange(count)) if return_state else None
+
+    workspaces: dict = {}  # the worker threads' buffers, shared by the calls below
+
+    def run(first: np.ndarray, n: int, state: State, *, threads: bool = True) -> State:
+        return backend.causal_rows(Lanes(x, first, n), state, spans=list(backend._spans(n)),
+                                   return_state=True, track_g=track_g, workspaces=workspaces,
+                                   threads=threads)
 
     def finish(seqs: np.ndarray, end: State, done: np.ndarray) -> None:
         """Keep the states of the lanes of `seqs` (in the order of `end`) that go on, and
@@ -106,20 +165,34 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         if finals is not None and done.any():
             _put(finals, _lanes(seqs[done], rows), end.rows(_lanes(np.flatnonzero(done), rows)))
 
-    for r in np.unique(head[head > 0]):  # 1. the heads, one call per length
-        seqs = np.flatnonzero(head == r)
-        tokens = offsets[seqs][:, None] + np.arange(r)
-        end = run(tokens, init.rows(_lanes(seqs, rows)))
-        finish(seqs, end, whole[seqs] == 0)
-    for j in range(int(whole.max(initial=0))):  # 2. slab j of every sequence that has it
-        seqs = np.flatnonzero(whole > j)
-        tokens = (offsets[seqs] + head[seqs] + j * slab)[:, None] + np.arange(slab)
-        end = run(tokens, store.rows(_lanes(slot[seqs], rows)))
-        finish(seqs, end, whole[seqs] == j + 1)
+    # 1. The heads, one call per length; the calls are independent, so they are shared out
+    # between the worker threads (in an order that gives each thread alike lengths).
+    heads = [(int(r), np.flatnonzero(head == r)) for r in np.unique(head[head > 0])]
+    heads = heads[0::2] + heads[1::2]
+
+    def run_heads(part: slice) -> list[tuple[np.ndarray, State]]:
+        return [(seqs, run(offsets[seqs], r, initial(seqs), threads=False))
+                for r, seqs in heads[part]]
+
+    if heads:
+        tokens = rows * int(head.sum())
+        _, done = backend._run(run_heads, len(heads), -(-tokens // len(heads)))
+        for seqs, end in (pair for part in done for pair in part):
+            finish(seqs, end, whole[seqs] == 0)
+    for j in np.unique(whole[whole > 0]):  # 2. the slabs, one call per number of slabs
+        seqs = np.flatnonzero(whole == j)
+        end = run(offsets[seqs] + head[seqs], int(j) * slab,
+                  store.rows(_lanes(slot[seqs], rows)))
+        finish(seqs, end, np.ones(seqs.size, dtype=bool))
     if finals is None:
-        return out, None
+        return x.out, None
     counts = tuple(int(n) for n in np.asarray(start.length, dtype=np.int64) + lengths)
-    return out, replace(finals.with_batch(np, (count, rows)), length=counts)
+    return x.out, replace(finals.with_batch(np, (count, rows)), length=counts)
+
+
+def _gather(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Tokens (g, n) of x (R, T, ...) as (R g, n, ...), row-major (one copy)."""
+    return np.take(x, tokens, axis=1).reshape(-1, *tokens.shape[1:], *x.shape[2:])
 
 
 def packed_bidirectional(backend: Any, inp: Inputs) -> np.ndarray:
@@ -143,9 +216,9 @@ def packed_bidirectional(backend: Any, inp: Inputs) -> np.ndarray:
         position = np.arange(n)
         valid = position < lengths[seqs][:, None]  # (g, n)
         tokens = np.where(valid, offsets[seqs][:, None] + position, offsets[seqs][:, None])
-        mask = np.repeat(valid, rows, axis=0)[..., None]  # lanes (g R, n, 1)
+        mask = np.tile(valid, (rows, 1))[..., None]  # lanes (R g, n, 1)
         kl = np.where(mask, _gather(k, tokens), 0.0)
-        size = np.repeat(lengths[seqs], rows)  # (g R,) each lane's length
+        size = np.tile(lengths[seqs], rows)  # (R g,) each lane's length
         if inp.logits is None:  # ZS-LOG-DEFAULT over the sequence, n = its length
             kbar = np.sum(kl, axis=1) / (1.0 + size)[:, None]
             s = -np.einsum("lnd,ld->ln", kl, kbar) / math.sqrt(d)
@@ -157,7 +230,5 @@ def packed_bidirectional(backend: Any, inp: Inputs) -> np.ndarray:
                            np.where(mask[..., 0], s, -np.inf),
                            tuple(_gather(g, tokens) for g in gates), part,
                            backend.chunk_size * backend.slab_size, lengths=size)
-        g = seqs.size
-        lanes = np.swapaxes(part.reshape(g, rows, n, dv), 0, 1)  # (R, g, n, Dv)
-        out[:, tokens[valid]] = lanes[:, valid]
+        out[:, tokens[valid]] = part.reshape(rows, seqs.size, n, dv)[:, valid]
     return out
