@@ -7,7 +7,8 @@ lengths (`configs.Packed`), are timed three ways in one run:
   ``backend.from_numpy(offsets, "int64")``;
 - *dense*: the same T tokens as one sequence, the cost a packed call should match
   (ZS-ON-VARLEN), timed in turn with the packed call, round by round (`timed_in_turn`);
-- *padded* (with `measure.timed`, after the others): every sequence padded with zeros to the longest, one dense call over S*B rows:
+- *padded* (with `measure.timed`, after the others): every sequence padded with zeros to the
+  longest, one dense call over S*B rows:
   what the batch costs without ``cu_seqlens``. Its rows hold S times the longest length, not
   T, tokens; where its inputs would take more than the batch's memory budget, it is skipped
   with the reason, and its token count is reported all the same.

@@ -71,6 +71,7 @@ inputs are computed in float32 and rounded once (ZS-DTYPE-HALF).
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import Counter
@@ -287,15 +288,18 @@ class NumpyBackend:
         """
         nrows, n, d, dv = rows.shape
         index = np.arange(nrows)
-        block = max(1, ROW_TOKENS // max(length for _, _, length, _ in spans))
+        block = _block(ROW_TOKENS // max(length for _, _, length, _ in spans), rows.align)
 
         def run_group(group: slice) -> tuple[State, Counter]:
             ws = Workspace(start.kv.dtype, d, dv, track_g=track_g)
             if workspaces is not None:  # this thread's, from an earlier call
                 ws = workspaces.setdefault(threading.get_ident(), ws)
             paths, parts = Counter(), []
-            for lo in range(group.start, group.stop, block):
-                part = slice(lo, min(lo + block, group.stop))
+            # blocks end at multiples of `block`, whatever the group's start
+            edges = [group.start, *range(-(-group.start // block) * block or block,
+                                         group.stop, block), group.stop]
+            for lo, hi in itertools.pairwise(dict.fromkeys(edges)):
+                part = slice(lo, hi)
                 parts.append((index[part], run_block(ws, part, paths)))
             return (parts[0][1] if len(parts) == 1 else State.merge(parts)), paths
 
@@ -354,6 +358,15 @@ class NumpyBackend:
 
         self._run(run_group, nrows, n)
         return out
+
+
+def _block(rows: int, align: int) -> int:
+    """Rows per block: about `rows` (at least 1), and a divisor or a multiple of `align`, so
+    that blocks that end at multiples of it hold whole groups of `align` rows or lie in one."""
+    rows = max(rows, 1)
+    if rows >= align:
+        return rows // align * align
+    return max(j for j in range(1, align + 1) if align % j == 0 and j <= rows)
 
 
 backend = NumpyBackend()

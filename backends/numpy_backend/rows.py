@@ -34,6 +34,10 @@ class Rows(Protocol):
     def shape(self) -> tuple[int, int, int, int]:
         """(R, n, D, Dv)."""
 
+    @property
+    def align(self) -> int:
+        """Rows come in groups of this many (a block within one group is cheapest)."""
+
     def take(self, rows: slice) -> Block:
         """The inputs of the rows `rows`."""
 
@@ -60,6 +64,10 @@ class DenseRows(NamedTuple):
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (*self.q.shape, self.v.shape[-1])
+
+    @property
+    def align(self) -> int:
+        return 1
 
     def take(self, rows: slice) -> Block:
         logits = None if self.logits is None else self.logits[rows]

@@ -67,6 +67,7 @@ class Lanes:
         self.x, self.starts, self.n = x, starts, n
         rows = x.q.shape[0]
         self.shape = (starts.shape[0] * rows, n, x.q.shape[-1], x.v.shape[-1])
+        self.align = rows  # the lanes of one sequence
 
     def _split(self, lanes: slice) -> tuple[int, slice] | None:
         """(token start, rows) where the lanes are rows of one sequence, else None."""
