@@ -57,6 +57,23 @@ def test_module_streams() -> None:
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=0, atol=1e-12)
 
 
+@pytest.mark.req("ZS-LAYER-VARLEN")
+@pytest.mark.parametrize("causal", [True, False])
+def test_module_takes_packed_sequences(causal: bool) -> None:
+    """`forward(x, cu_seqlens=)`: every sequence as if alone (RoPE, prior means and core
+    restart), and its states continue each one."""
+    module = ZeroSAttention(8, 2, causal=causal, first_layer=True, seed=3, dtype=torch.float64)
+    lengths = [7, 0, 12, 1]
+    x = torch.randn(2, sum(lengths), 8, dtype=torch.float64)
+    cu = torch.tensor(np.cumsum([0, *lengths]))
+    packed = module(x, cu_seqlens=cu)
+    alone = [module(x[:, a:b]) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    torch.testing.assert_close(packed, torch.cat(alone, dim=1), rtol=0, atol=1e-12)
+    if causal:
+        _, states = module(x, cu_seqlens=cu, return_state=True)
+        assert states.length == tuple(lengths)
+
+
 @pytest.mark.parametrize(("causal", "rope"), [(True, "half"), (False, "interleaved")])
 def test_gradients_of_every_parameter_match_central_differences(causal: bool, rope: str) -> None:
     """torch.autograd.gradcheck in float64: x and all 14 parameters, by central differences."""
