@@ -33,15 +33,17 @@ causal call and hands them to a `Form`, which computes their outputs:
 
 The seam: `Chunks` and `Sums`, their frames and reference logits
 -----------------------------------------------------------------
-A form reads `Chunks` and the `Sums` before the first chunk, and returns the outputs of every
-chunk and the `Sums` after the last; both are used by field name only. Shapes: R rows (the
-flattened leading axes), nc chunks of C tokens (the N real tokens, then padding), D and Dv.
-Two kinds of logit fix the frames:
+A form reads `Chunks` and the `Sequences` (each sequence's initial `Sums`), and returns the
+outputs of every chunk and, when asked, the `Sums` after each sequence's last chunk; both are
+used by field name only. Shapes: R rows (the flattened leading axes), nc chunks of C slots
+laid out by the call's chunk plan (`plan`: a dense call's N tokens, then padding; a packed
+call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the frames:
 
-- s_ref (R,), the reference logit of the call: the running max m of the state when it holds
-  tokens, else the call's first logit. Every row of the call sees it, so sums about it need
-  no re-centring from chunk to chunk.
-- M_c (R,), the running max at the end of chunk c; M_{-1} = s_ref.
+- s_ref, the reference logit of a sequence: the running max m of its initial state when that
+  holds tokens, else its first logit. Every row of the sequence sees it, so sums about it
+  need no re-centring from chunk to chunk.
+- M_c (R,), the running max of its sequence at the end of chunk c; M_{-1} = s_ref where a
+  chunk starts a sequence.
 
 `Chunks` (finite but for q, k, v and their peaks, which a form reads only through
 `Chunks.vectors`; padding tokens have s = rel = w = 0 and zero vectors):
@@ -65,6 +67,9 @@ Two kinds of logit fix the frames:
     zero      (R, nc, C)      the gate g0_t                          -
     m_prev    (R, nc)         M_{c-1}                                frame of the sums c reads
     m_end     (R, nc)         M_c                                    frame of the sums after c
+    s_ref     (R, nc)         s_ref of the chunk's sequence          absolute
+    segment   (nc,)           the sequence of each chunk             -
+    start     (nc,)           the chunk starts its sequence          -
 
 `Sums` (the sums of spec 4.1 over the tokens absorbed so far, each row its own):
 
