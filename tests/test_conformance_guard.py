@@ -74,6 +74,7 @@ def test_a_crash_in_the_suites_own_process_leaves_a_report(tmp_path: Path) -> No
         ("ZS-DEF-CAUSAL", "passed")]
 
 
+@pytest.mark.slow  # about a minute: the full profile's sizes, until the guard stops them
 def test_a_backend_with_quadratic_memory_gets_a_report_under_the_full_profile(
     tmp_path: Path
 ) -> None:

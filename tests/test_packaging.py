@@ -33,8 +33,9 @@ def test_every_source_package_is_listed() -> None:
 GROUP = "zeros.backends"
 FIRST_PARTY = ("zeros_ref", "zeros_backends", "zeros_conformance", "zeros_machine", "zeros_bench")
 DECLARED = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][GROUP]
-TORCH_FACE = ("CHUNK_SIZE", "SLAB_SIZE", "CudaTorchBackend", "TorchBackend", "ZeroSAttention",
-              "backend", "cuda_backend", "from_params", "to_params")
+TORCH_FACE = ("CHUNK_SIZE", "ChunkPlan", "SLAB_SIZE", "CudaTorchBackend", "TorchBackend",
+              "ZeroSAttention", "backend", "chunk_plan", "cuda_backend", "from_params",
+              "to_params")
 """The public face of `zeros_backends.torch_backend` (its pinned ``__all__``)."""
 
 

@@ -616,7 +616,8 @@ def test_forward_and_backward_memory_is_linear() -> None:
 
 
 @pytest.mark.req("ZS-API-PROTOCOL")
-@pytest.mark.parametrize("profile", [["--quick"], []], ids=["quick", "full"])
+@pytest.mark.parametrize("profile", [pytest.param(["--quick"], marks=pytest.mark.slow), []],
+                         ids=["quick", "full"])
 def test_conformance_suite(profile: list[str]) -> None:
     assert cli.main(["run", "--backend", "torch", *profile]) == 0
 

@@ -15,6 +15,9 @@ are public and keep their meaning within a spec version:
     The exact chunk step of spec 4.2: outputs of one chunk and the state after it.
 `unit`
     Unit directions along the last axis, exact for any finite scale, zero for zero vectors.
+`host_offsets`
+    The offsets of a packed call's `cu_seqlens` (spec 5.2) read on the host and checked, for
+    a backend that lays out a chunk plan once and passes the offsets to `check_call`.
 `deviation_logits`, `running_mean_logits`, `check_default_logits`
     The default logits (ZS-LOG-DEFAULT), from scratch or continuing a carried key sum, and
     the error for finite keys whose default logits are past the dtype's range (spec 8).
@@ -42,6 +45,7 @@ from ._directions import unit
 from ._logits import check_default_logits, deviation_logits, running_mean_logits
 from ._state import State
 from ._validate import Inputs, check_inputs
+from ._varlen import host_offsets
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -52,6 +56,7 @@ __all__ = [
     "check_default_logits",
     "check_inputs",
     "deviation_logits",
+    "host_offsets",
     "running_mean_logits",
     "unit",
 ]

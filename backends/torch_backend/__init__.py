@@ -10,9 +10,11 @@ side):
               (`Chunks`, `Sums`, `Form`) and its conversions to the state of spec 5.1
 ``plan``      the chunk plan: which chunk holds which tokens of which sequence (dense and
               packed calls, spec 5.2), and scans that restart with each sequence
+``logits``    the default logits, each sequence from its own key sum
+``bidirectional``  the whole-sequence form of spec 4.3, one state per sequence
 ``screen``    non-finite inputs, handled once before any form, and the unit directions
 ``slab``      one slab of chunks of the default form, every chunk at once (spec 4.2,
-              steps 2-6), and the seam's types `Chunks` and `Sums`
+              steps 2-6), and the seam's types `Chunks`, `Sums` and `Sequences`
 ``layer``     `ZeroSAttention`, the layer of spec 13 as an ``nn.Module``
 
 They must equal the reference form, `zeros_ref.attention`, to the tolerance of spec 7.1.

@@ -92,16 +92,17 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, NamedTuple
 
 import torch
 import torch.utils.checkpoint
 
 from zeros_ref.kernel import Inputs, State
 
-from .plan import ChunkPlan, dense_plan, packed_plan, segmented_scan
-from .screen import Screened, directions, screen
-from .slab import Chunks, Sums, links, slab
+from .bidirectional import bidirectional
+from .logits import default_logits
+from .plan import ChunkPlan, counts, dense_plan, packed_plan, per_chunk, segmented_scan
+from .screen import Screened, screen
+from .slab import Chunks, Sequences, Sums, slab
 
 __all__ = ["SLAB", "SLAB_TRAINING", "Chunks", "Form", "Sequences", "Sums", "attention",
            "slabs", "state_from_sums", "sums_from_state"]
@@ -113,24 +114,6 @@ CPU's caches, large enough for few launches on a GPU)."""
 SLAB_TRAINING = 16
 """At most this many when gradients are recorded: each slab is a checkpoint, recomputed in
 backward."""
-
-
-class Sequences(NamedTuple):
-    """What a `Form` needs to know of the sequences whose chunks it computes.
-
-    init : Sums or None
-        The sums before each sequence's first chunk, leading axes (S, R): F and E in the
-        frame of that chunk's ``m_prev`` (the sequence's s_ref), G' about it; None where
-        every sequence starts empty (zero sums, never materialised: S may be large).
-    count : int
-        S, the number of sequences (1 for a dense call).
-    finals : bool
-        Whether the form returns the sums after each sequence's last chunk.
-    """
-
-    init: Sums | None
-    count: int
-    finals: bool
 
 
 Form = Callable[[Chunks, Sequences], tuple[torch.Tensor, Sums | None]]
@@ -215,55 +198,6 @@ def _spoilt(state: State, rows: torch.Tensor) -> State:
 # -- the chunk form ----------------------------------------------------------------------------
 
 
-def _default_logits(k: torch.Tensor, state: State, causal: bool, plan: ChunkPlan,
-                    slab_size: int) -> torch.Tensor:
-    """ZS-LOG-DEFAULT for the keys (R, nc C, D) of the chunks of `plan`, each sequence from its
-    own key sum in `state` (leading axes (S, R)): ``-<k_t, kbar_t> / sqrt(D)``.
-
-    Causal: ``sum_{i<=t} k_i`` in two levels (within the chunk, then the chunks before it in
-    its sequence), so that rounding grows with C + N/C terms; a slab of chunks at a time, so
-    that the temporaries stay small. Bidirectional: every key of the sequence. Padding keys
-    are zero."""
-    rows, length, d = k.shape
-    chunk, nc = plan.chunk, plan.chunks
-    blocks = k.reshape(rows, nc, chunk, d)
-    if not causal:
-        valid = plan.valid.reshape(nc, chunk).to(k.dtype)  # padding keys are not zero
-        totals = torch.einsum("rncd,nc->nrd", blocks, valid)  # (nc, R, D)
-        sums = totals.new_zeros((plan.count, rows, d)).index_add_(0, plan.segment, totals)
-        lengths = torch.tensor(plan.lengths, dtype=k.dtype, device=k.device)
-        kbar = (sums / (1.0 + lengths[:, None, None]))[plan.segment].transpose(0, 1)
-        return -(blocks * kbar[:, :, None]).sum(dim=-1).reshape(rows, length) / math.sqrt(d)
-    ones = torch.ones(chunk, chunk, dtype=k.dtype, device=k.device).tril_()
-    prior = _per_chunk(state.key_sum, plan.segment)  # (R, nc, D) each chunk's sequence
-    carry, dots = k.new_zeros((rows, d)), []
-    for part, seg in zip(torch.split(blocks, slab_size, dim=1),
-                         torch.split(plan.start, slab_size), strict=True):
-        within = ones @ part  # (R, S, C, D): sums within each chunk (faster than cumsum)
-        totals = within[:, :, -1]
-        lower, entering = links(seg)
-        first = prior[:, len(dots) * slab_size:][:, :seg.shape[0]]  # (R, S, D)
-        entry = torch.where(entering[:, None], carry[:, None], first)
-        before = entry + lower.to(k.dtype) @ totals  # keys before each chunk, its sequence's
-        carry = before[:, -1] + totals[:, -1]  # (before `within`, of which totals is a view)
-        dots.append((part * within.add_(before[:, :, None])).sum(dim=-1))  # (R, S, C)
-    count = 1.0 + _counts(state, plan, k.dtype)  # (nc, C): 1 + n + i
-    return (torch.cat(dots, dim=1) / (-math.sqrt(d) * count)).reshape(rows, length)
-
-
-def _per_chunk(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """The per-sequence `x` (S, R, ...) at every chunk, (R, nc, ...): a view where S = 1."""
-    if x.shape[0] == 1:
-        return x[0].unsqueeze(1).expand(-1, segment.shape[0], *x.shape[2:])
-    return x.index_select(0, segment).transpose(0, 1)
-
-
-def _counts(state: State, plan: ChunkPlan, dtype: torch.dtype) -> torch.Tensor:
-    """n_t (nc, C): the tokens of its sequence up to each slot, its initial state's too."""
-    prior = torch.tensor(state.length, dtype=dtype, device=plan.segment.device)  # (S,)
-    return prior[plan.segment][:, None] + plan.position.to(dtype) + 1.0
-
-
 def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_state: bool,
               form: Form | None = None, slab_size: int = SLAB,
               plan: ChunkPlan | None = None) -> tuple[torch.Tensor, State | None]:
@@ -323,7 +257,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     q, k, v = grid(inp.q, d), grid(inp.k, d), grid(inp.v, dv)  # (R, L, D), (R, L, Dv)
     if packed:  # padding slots hold copies of tokens: their values must not count (w and
         v = v.masked_fill_(~plan.valid[:, None], 0.0)  # rel are 0 there; v is a fresh copy)
-    s = _default_logits(k, st, causal, plan, slab_size) if inp.logits is None else grid(
+    s = default_logits(k, st, causal, plan, slab_size) if inp.logits is None else grid(
         inp.logits)  # (R, L)
     # Non-finite values, once, whatever form computes the chunks (ZS-ERR-NONFINITE, -V).
     clean = screen(q, k, v, s, (grid(inp.first), grid(inp.higher), grid(inp.zero)))
@@ -341,7 +275,7 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         if end is not None:
             end = _spoilt(end, spoilt[:, plan.tail].T & plan.filled[:, None])
     else:
-        out = _bidirectional(clean, plan, slab_size)
+        out = bidirectional(clean, plan, slab_size)
         whole = spoilt[:, plan.tail][:, plan.segment]  # (R, nc): the chunk's sequence
         reached = clean.bad_rows | whole.repeat_interleave(chunk, dim=1)
     out = _poisoned(out, reached)
@@ -371,64 +305,6 @@ def _poisoned(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     form's fresh outputs, so that no second buffer of their size is made (its gradient is
     zero in those rows)."""
     return out.masked_fill_(rows[..., None], math.nan)
-
-
-def _recomputed(step: Callable[..., Any], *args: Any) -> Any:
-    """`step(*args)`; when gradients are recorded, its intermediates are recomputed in the
-    backward pass instead of kept (activation checkpointing): training memory stays a small
-    multiple of the inputs rather than of every temporary."""
-    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
-                                       for x in args):
-        return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False)
-    return step(*args)
-
-
-def _bidirectional(clean: Screened, plan: ChunkPlan, slab_size: int) -> torch.Tensor:
-    """Spec 4.3 for every sequence of `plan`: one whole-sequence state each, read by every
-    row of the sequence with its length n. Returns (R, L, Dv).
-
-    Each sequence's frame is its own max, which is also its reference logit. The sums are
-    taken a slab of chunks at a time (K_c^T [w v, rel v, v] per chunk, added into the
-    sequence's) and read the same way, so that the temporaries stay a slab's."""
-    rows, length = clean.s.shape
-    chunk, nc, count = plan.chunk, plan.chunks, plan.count
-    d, dv = clean.q.shape[-1], clean.v.shape[-1]
-    valid = plan.valid.reshape(nc, chunk)
-    s = clean.s.reshape(rows, nc, chunk)
-    tops = torch.where(valid, s, float("-inf")).amax(dim=-1)  # (R, nc)
-    top = segmented_scan(tops, plan.start, torch.maximum)[:, plan.tail][:, plan.segment]
-    rel = torch.where(valid, s - top[..., None], 0.0)  # (R, nc, C), also s - s_ref
-    w = torch.exp(torch.where(valid, rel, float("-inf")))
-    lengths = torch.tensor(plan.lengths, dtype=s.dtype, device=s.device)[plan.segment]
-    totals = torch.stack([w.sum(dim=-1), rel.sum(dim=-1)]).transpose(0, 2)  # (nc, R, 2)
-    per_seq = totals.new_zeros((count, rows, 2)).index_add_(0, plan.segment, totals)
-    e, mean = (per_seq[..., j][plan.segment].T for j in range(2))  # (R, nc) each
-    mean = mean / lengths  # sbar - s_ref
-    sums = s.new_zeros((count, rows, 3 * d, dv))
-    pieces = list(zip(*(torch.split(x, slab_size, dim=1) for x in (
-        clean.q.reshape(rows, nc, chunk, d), clean.k.reshape(rows, nc, chunk, d),
-        clean.v.reshape(rows, nc, chunk, dv), clean.q_peak.reshape(rows, nc, chunk),
-        clean.k_peak.reshape(rows, nc, chunk), w, rel)), strict=True))
-    segments = torch.split(plan.segment, slab_size)
-    for (q, k, v, q_peak, k_peak, w_c, rel_c), seg in zip(pieces, segments, strict=True):
-        _, kh, vc = _recomputed(directions, q, k, v, q_peak, k_peak)
-        keys = torch.cat([w_c[..., None] * kh, rel_c[..., None] * kh, kh], dim=-1)
-        update = keys.transpose(-1, -2) @ vc  # (R, S, 3D, Dv)
-        sums.index_add_(0, seg, update.transpose(0, 1))
-    a_all = clean.higher.reshape(rows, nc, chunk) / e[..., None]
-    b_all = (clean.first.reshape(rows, nc, chunk) - clean.higher.reshape(rows, nc, chunk)) \
-        / lengths[:, None]
-    c_all = (clean.zero.reshape(rows, nc, chunk) - clean.higher.reshape(rows, nc, chunk)) \
-        / lengths[:, None] - b_all * mean[..., None]
-    outs, at = [], 0
-    for (q, k, v, q_peak, k_peak, _, _), seg in zip(pieces, segments, strict=True):
-        size = seg.shape[0]
-        qh, _, _ = _recomputed(directions, q, k, v, q_peak, k_peak)
-        coef = (x[:, at:at + size, :, None] for x in (a_all, b_all, c_all))
-        query = torch.cat([x * qh for x in coef], dim=-1)  # (R, S, C, 3D)
-        outs.append(query @ sums.index_select(0, seg).transpose(0, 1))
-        at += size
-    return torch.cat(outs, dim=1).reshape(rows, length, dv)
 
 
 def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
@@ -467,7 +343,7 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     within = torch.cumsum(rel, dim=-1)
     totals = within[..., -1]
     before = segmented_scan(totals, plan.start, torch.add) - totals  # (R, nc), exclusive
-    t = _counts(st, plan, s.dtype)  # (nc, C)
+    t = counts(st, plan, s.dtype)  # (nc, C)
     prior_sum = torch.tensor(st.length, dtype=s.dtype, device=s.device) * st.mean_offset.T
     mean_rel = (prior_sum[:, plan.segment, None] + before[..., None] + within) / t
     # Key weights relative to their chunk's end frame, exp(s_i - M_c) <= 1 (0 for padding).
@@ -558,7 +434,7 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
     for piece in chunks.split(size):
         count = piece.start.shape[0]
         init = None if sequences.init is None else sequences.init.map(
-            lambda x, seg=piece.segment: _per_chunk(x, seg))  # (R, S, ...)
+            lambda x, seg=piece.segment: per_chunk(x, seg))  # (R, S, ...)
         if recording:  # recomputed in backward: only the slab's inputs are kept
             piece_out, after = torch.utils.checkpoint.checkpoint(slab, piece, carry, init,
                                                                  use_reentrant=False)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from zeros_ref._varlen import host_offsets
+from zeros_ref.kernel import State, host_offsets
 
 __all__ = ["ChunkPlan", "check_plan", "chunk_plan", "dense_plan",
            "packed_plan",            "segmented_scan"]
@@ -202,3 +202,16 @@ def segmented_scan(x: torch.Tensor, start: torch.Tensor,
         flag = torch.cat([flag[:step], flag[step:] | flag[:-step]])
         step *= 2
     return value
+
+
+def per_chunk(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """The per-sequence `x` (S, R, ...) at every chunk, (R, nc, ...): a view where S = 1."""
+    if x.shape[0] == 1:
+        return x[0].unsqueeze(1).expand(-1, segment.shape[0], *x.shape[2:])
+    return x.index_select(0, segment).transpose(0, 1)
+
+
+def counts(state: State, plan: ChunkPlan, dtype: torch.dtype) -> torch.Tensor:
+    """n_t (nc, C): the tokens of its sequence up to each slot, its initial state's too."""
+    prior = torch.tensor(state.length, dtype=dtype, device=plan.segment.device)  # (S,)
+    return prior[plan.segment][:, None] + plan.position.to(dtype) + 1.0

@@ -18,7 +18,7 @@ import torch
 
 from .screen import directions
 
-__all__ = ["Chunks", "Sums", "links", "slab"]
+__all__ = ["Chunks", "Sequences", "Sums", "links", "slab"]
 
 
 class Chunks(NamedTuple):
@@ -102,6 +102,24 @@ class Sums(NamedTuple):
     def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Sums:
         """`function` applied to every field."""
         return Sums(**{name: function(x) for name, x in self.by_name().items()})
+
+
+class Sequences(NamedTuple):
+    """What a `Form` needs to know of the sequences whose chunks it computes.
+
+    init : Sums or None
+        The sums before each sequence's first chunk, leading axes (S, R): F and E in the
+        frame of that chunk's ``m_prev`` (the sequence's s_ref), G' about it; None where
+        every sequence starts empty (zero sums, never materialised: S may be large).
+    count : int
+        S, the number of sequences (1 for a dense call).
+    finals : bool
+        Whether the form returns the sums after each sequence's last chunk.
+    """
+
+    init: Sums | None
+    count: int
+    finals: bool
 
 
 def links(start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
