@@ -256,15 +256,13 @@ class NumpyBackend:
 
     def _causal(self, inp: Any, start: State, *,
                 return_state: bool) -> tuple[np.ndarray, State]:
-        """Causal outputs (R, N, Dv) and the final state (R rows) of flattened inputs."""
-        nrows, n = math.prod(inp.batch), inp.n
-        d, dv = inp.q.shape[-1], inp.v.shape[-1]
-        gates = tuple(g.reshape(nrows, n) for g in (inp.first, inp.higher, inp.zero))
-        logits = None if inp.logits is None else inp.logits.reshape(nrows, n)
+        """Causal outputs (R, N, Dv) and the final state (R rows): the rows of the leading
+        axes, taken a block at a time (`DenseRows`: views, even of broadcast k and v)."""
+        nrows, n, dv = math.prod(inp.batch), inp.n, inp.v.shape[-1]
         out = np.empty((nrows, n, dv), inp.compute_dtype)
-        rows = DenseRows(inp.q.reshape(nrows, n, d), inp.k.reshape(nrows, n, d),
-                         inp.v.reshape(nrows, n, dv), logits, gates, out)
-        track_g = return_state or not np.array_equal(gates[0], gates[1])
+        rows = DenseRows(inp.q, inp.k, inp.v, inp.logits,
+                         (inp.first, inp.higher, inp.zero), out)
+        track_g = return_state or not np.array_equal(inp.first, inp.higher)
         end = self.causal_rows(rows, start, spans=list(self._spans(n)),
                                return_state=return_state, track_g=track_g)
         return out, end

@@ -51,7 +51,12 @@ class Rows(Protocol):
 class DenseRows(NamedTuple):
     """The rows of a dense call: views of its arrays, outputs written in place.
 
-    q, k (R, n, D); v (R, n, Dv); logits (R, n) or None; gates (R, n) each; out (R, n, Dv).
+    q, k (*B, n, D); v (*B, n, Dv); logits (*B, n) or None; gates (*B, n) each, as the
+    call broadcast them; out (R, n, Dv), R = prod(*B). The leading axes are not flattened
+    (which would copy an array broadcast along them, as k and v of grouped query heads): a
+    block of rows within one index of all but the last leading axis is a view, whatever
+    the strides; a block across several is stacked from their views (a copy of the block
+    alone).
     """
 
     q: np.ndarray
@@ -63,19 +68,37 @@ class DenseRows(NamedTuple):
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (*self.q.shape, self.v.shape[-1])
+        return (self.out.shape[0], self.q.shape[-2], self.q.shape[-1], self.v.shape[-1])
 
     @property
     def align(self) -> int:
-        return 1
+        """The last leading axis: a block within one of its runs is a view."""
+        return self.q.shape[-3] if self.q.ndim > 2 else 1
 
     def take(self, rows: slice) -> Block:
-        logits = None if self.logits is None else self.logits[rows]
-        return Block(self.q[rows], self.k[rows], self.v[rows], logits,
-                     tuple(g[rows] for g in self.gates))
+        logits = None if self.logits is None else _rows(self.logits, 1, rows)
+        return Block(_rows(self.q, 2, rows), _rows(self.k, 2, rows), _rows(self.v, 2, rows),
+                     logits, tuple(_rows(g, 1, rows) for g in self.gates))
 
     def output(self, rows: slice) -> np.ndarray:
         return self.out[rows]
 
     def put(self, rows: slice, out: np.ndarray) -> None:
         """Nothing to do: `output` was a view of the call's outputs."""
+
+
+def _rows(x: np.ndarray, tail: int, rows: slice) -> np.ndarray:
+    """Rows `rows` of x (*B, ...) (`tail` trailing axes) with *B flattened: a view where they
+    lie in one run of the last leading axis, else the views of each run stacked."""
+    batch = x.shape[:x.ndim - tail]
+    if len(batch) <= 1:
+        return x[rows] if batch else x[None][rows]
+    last = batch[-1]
+    runs = []
+    lo = rows.start
+    while lo < rows.stop:
+        hi = min(rows.stop, (lo // last + 1) * last)
+        index = np.unravel_index(lo // last, batch[:-1])
+        runs.append(x[index][lo % last:(hi - 1) % last + 1])
+        lo = hi
+    return runs[0] if len(runs) == 1 else np.concatenate(runs)
