@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import zeros_ref
-from zeros_backends.numpy_backend import NumpyBackend
+from zeros_backends.numpy_backend import NumpyBackend, varlen
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
@@ -29,10 +29,23 @@ def _counted(backend: NumpyBackend,
     return calls
 
 
+def _short_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lane count of every batched exact step of heads shorter than a chunk."""
+    calls: list[int] = []
+    inner = varlen._short_heads
+
+    def counting(backend, x, inp, starts, lengths, state):
+        calls.append(starts.size)
+        return inner(backend, x, inp, starts, lengths, state)
+
+    monkeypatch.setattr(varlen, "_short_heads", counting)
+    return calls
+
+
 def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """4,096 one-token decode steps, each from its own state: one batched call of all lanes,
-    equal to the reference's sequence-by-sequence definition."""
+    """4,096 one-token decode steps, each from its own state: one batched exact step of all
+    lanes, equal to the reference's sequence-by-sequence definition."""
     backend = NumpyBackend(workers=1)
     s, rows, d = 4096, 2, 4
     _, states = zeros_ref.attention(*rng.normal(size=(3, s, rows, 3, d)), return_state=True)
@@ -40,9 +53,9 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
                                         for j in range(s)])
     q, k, v = rng.normal(size=(3, rows, s, d))
     cu = _offsets([1] * s)
-    calls = _counted(backend, monkeypatch)
+    calls, short = _counted(backend, monkeypatch), _short_calls(monkeypatch)
     out, end = backend.attention(q, k, v, cu_seqlens=cu, state=packed, return_state=True)
-    assert calls == [(s * rows, 1)]
+    assert (calls, short) == ([], [s])
     want, want_end = zeros_ref.attention(q, k, v, cu_seqlens=cu, state=packed,
                                          return_state=True)
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
@@ -52,19 +65,21 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
 
 def test_calls_follow_head_lengths_and_slabs(rng: np.random.Generator,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sequences of l = r + k L tokens: one call per distinct head length r, one per
-    distinct number of slabs k; every token computed once."""
+    """Sequences of l = r + k L tokens: the heads shorter than a chunk in one exact step,
+    one call per other distinct head length r, one per distinct number of slabs k; every
+    token computed once."""
     backend = NumpyBackend(chunk_size=8, slab_size=2, workers=1)  # L = 16
-    lengths = [5, 0, 16, 21, 37, 5, 40, 3]
+    lengths = [5, 0, 16, 21, 37, 5, 40, 3, 28]
     cu = _offsets(lengths)
     q, k, v = rng.normal(size=(3, 1, sum(lengths), 4))
-    calls = _counted(backend, monkeypatch)
+    calls, short = _counted(backend, monkeypatch), _short_calls(monkeypatch)
     out = backend.attention(q, k, v, cu_seqlens=cu)
-    heads = sorted({n % 16 for n in lengths if n % 16})
+    heads = sorted({n % 16 for n in lengths if n % 16 >= 8})
     slabs = sorted({n // 16 for n in lengths if n // 16})
-    assert len(calls) == len(heads) + len(slabs)
+    assert short == [sum(0 < n % 16 < 8 for n in lengths)]
     assert sorted(n for _, n in calls) == sorted([*heads, *(16 * j for j in slabs)])
-    assert sum(lanes * n for lanes, n in calls) == sum(lengths)
+    tokens = sum(n % 16 for n in lengths if n % 16 < 8)
+    assert sum(lanes * n for lanes, n in calls) + tokens == sum(lengths)
     np.testing.assert_allclose(out, zeros_ref.attention(q, k, v, cu_seqlens=cu), rtol=0,
                                atol=1e-12)
 

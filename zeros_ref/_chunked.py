@@ -101,11 +101,13 @@ def read(xp: Any, kv: Any, qh: Any, a: Any, b: Any, c: Any) -> Any:
     return features @ xp.reshape(kv, (*kv.shape[:-3], d3, dv))  # (*B, R, 3D) @ (*B, 3D, Dv)
 
 
-def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any) -> State:
+def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any,
+           count: Any = None) -> State:
     """The state after appending a chunk (spec 4.2, step 6): one (3D x C) @ (C x Dv) product.
 
     `st` holds statistics of rows of the chunk whose last row sees every key of the chunk
-    (the chunk's last query, or a single row that sees the whole chunk).
+    (the chunk's last query, or a single row that sees the whole chunk), or every key it
+    absorbs (the others zero keys and values, `count` (*B,) of them real).
     Shapes: k, kh (*B, C, D); v (*B, C, Dv).
     """
     m, mean_offset = st.m[..., -1], st.mean_offset[..., -1]  # (*B,)
@@ -117,7 +119,8 @@ def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any) -> S
     decay, shift = st.decay[..., -1, None, None], st.shift[..., -1, None, None]
     kv = xp.stack([decay * old_f, old_g + shift * old_h, old_h], axis=-3)  # slots F, G, H
     kv = kv + xp.reshape(update, kv.shape)
-    return State(length=state.length + k.shape[-2], running_max=m, mean_offset=mean_offset,
+    added = k.shape[-2] if count is None else count
+    return State(length=state.length + added, running_max=m, mean_offset=mean_offset,
                  normaliser=st.normaliser[..., -1], kv=kv,
                  key_sum=state.key_sum + xp.sum(k, axis=-2))
 
@@ -133,12 +136,19 @@ def append(xp: Any, state: State, k: Any, v: Any, s: Any) -> State:
 
 
 def causal_step(
-    xp: Any, state: State, q: Any, k: Any, v: Any, s: Any, gates: tuple[Any, Any, Any]
+    xp: Any, state: State, q: Any, k: Any, v: Any, s: Any, gates: tuple[Any, Any, Any], *,
+    lengths: Any = None,
 ) -> tuple[Any, State]:
     """Causal outputs of one chunk and the state after it (spec 4.2, steps 1-6).
 
     Shapes: q, k ``(*B, C, D)``; v ``(*B, C, Dv)``; s and each gate ``(*B, C)``. Returns the
     ``(*B, C, Dv)`` outputs and the state of the prefix extended by the chunk.
+
+    With `lengths`, an integer array (*B,) of values in 1..C, row b holds only its first
+    lengths[b] tokens and the rest is padding: zero keys and values, finite queries, logits
+    and gates. The real tokens' outputs are those without the padding (no token sees one
+    after it), and the state is the state after each row's own last token (its `length` an
+    array of per-row counts).
     """
     c = s.shape[-1]
     t = prior_count(xp, state, s.dtype) + xp.arange(1, c + 1, dtype=s.dtype, device=device(s))
@@ -147,7 +157,17 @@ def causal_step(
     qh, kh = unit(xp, q), unit(xp, k)
     st = prefix_stats(xp, state, s, visible, t)
     out = causal_chunk(xp, state, st, qh, kh, v, gates, visible, t)
-    return out, absorb(xp, state, st, k, kh, v)
+    if lengths is None:
+        return out, absorb(xp, state, st, k, kh, v)
+    last = rows == (lengths - 1)[..., None]  # (*B, C): each row's last real token
+
+    def at_last(x: Any, per_key: bool) -> Any:  # the statistics of that row, kept as row -1
+        pick = last[..., None] if per_key else last
+        return xp.sum(xp.where(pick, x, 0.0), axis=-2 if per_key else -1, keepdims=True)
+
+    stats = PrefixStats(*(at_last(x, name in ("relative", "exp_logits"))
+                          for name, x in st._asdict().items()))
+    return out, absorb(xp, state, stats, k, kh, v, count=lengths)
 
 
 def causal_chunk(

@@ -30,9 +30,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from zeros_ref.kernel import Inputs, State, check_default_logits
+from zeros_ref.kernel import Inputs, State, causal_step, check_default_logits
 
 from .bidirectional import bidirectional_rows
+from .logits import causal_logits
+from .paths import REFERENCE
 from .rows import Block
 
 __all__ = ["packed_bidirectional", "packed_causal"]
@@ -166,9 +168,18 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         if finals is not None and done.any():
             _put(finals, _lanes(seqs[done], rows), end.rows(_lanes(np.flatnonzero(done), rows)))
 
-    # 1. The heads, one call per length; the calls are independent, so they are shared out
-    # between the worker threads (in an order that gives each thread alike lengths).
-    heads = [(int(r), np.flatnonzero(head == r)) for r in np.unique(head[head > 0])]
+    # 1. Heads shorter than a chunk, all at once: the reference's exact chunk step on the
+    # lanes padded to the longest of them, each lane's state taken after its own last token.
+    short = np.flatnonzero((head > 0) & (head < backend.chunk_size))
+    for part in np.array_split(short, -(-short.size * rows * int(head[short].max(initial=1))
+                                         ** 2 // SHORT_BLOCK) or 1):
+        if part.size:
+            finish(part, _short_heads(backend, x, inp, offsets[part], head[part],
+                                      initial(part)), whole[part] == 0)
+    # 2. The other heads, one call per length; the calls are independent, so they are shared
+    # out between the worker threads (in an order that gives each thread alike lengths).
+    heads = [(int(r), np.flatnonzero(head == r))
+             for r in np.unique(head[head >= backend.chunk_size])]
     heads = heads[0::2] + heads[1::2]
 
     def run_heads(part: slice) -> list[tuple[np.ndarray, State]]:
@@ -180,7 +191,7 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         _, done = backend._run(run_heads, len(heads), -(-tokens // len(heads)))
         for seqs, end in (pair for part in done for pair in part):
             finish(seqs, end, whole[seqs] == 0)
-    for j in np.unique(whole[whole > 0]):  # 2. the slabs, one call per number of slabs
+    for j in np.unique(whole[whole > 0]):  # 3. the slabs, one call per number of slabs
         seqs = np.flatnonzero(whole == j)
         end = run(offsets[seqs] + head[seqs], int(j) * slab,
                   store.rows(_lanes(slot[seqs], rows)))
@@ -189,6 +200,41 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         return x.out, None
     counts = tuple(int(n) for n in np.asarray(start.length, dtype=np.int64) + lengths)
     return x.out, replace(finals.with_batch(np, (count, rows)), length=counts)
+
+
+SHORT_BLOCK = 2**21
+"""Lanes x tokens^2 of short heads computed together (the exact step's C x C weights)."""
+
+
+def _short_heads(backend: Any, x: _Packed, inp: Inputs, starts: np.ndarray,
+                 lengths: np.ndarray, state: State) -> State:
+    """Outputs (into ``x.out``) and final states of the lanes of sequences whose heads, of
+    `lengths` < C tokens at `starts`, go through the reference's exact step together
+    (`zeros_ref.kernel.causal_step` with per-lane lengths): the lanes padded to the longest,
+    zero keys and values in the padding, which no real token sees."""
+    rows, n = x.q.shape[0], int(lengths.max())
+    position = np.arange(n)
+    valid = position < lengths[:, None]  # (g, n)
+    tokens = np.where(valid, starts[:, None] + position, starts[:, None])
+
+    def lanes(y: np.ndarray) -> np.ndarray:  # (R, T, ...) -> lanes (g R, n, ...)
+        picked = np.swapaxes(np.take(y, tokens, axis=1), 0, 1)
+        return picked.reshape(-1, *picked.shape[2:])
+
+    real = np.repeat(valid, rows, axis=0)  # (g R, n)
+    k = np.where(real[..., None], lanes(x.k), 0.0)
+    v = np.where(real[..., None], lanes(x.v), 0.0)
+    if x.logits is None:
+        s, _ = causal_logits(k, state)
+        check_default_logits(np, s, k, state.key_sum)
+    else:
+        s = lanes(x.logits)
+    out, end = causal_step(np, state, lanes(x.q), k, v, s, tuple(lanes(g) for g in x.gates),
+                           lengths=np.repeat(lengths, rows))
+    backend.last_paths[REFERENCE] += int(real.sum())
+    by_row = np.swapaxes(out.reshape(-1, rows, n, out.shape[-1]), 0, 1)  # (R, g, n, Dv)
+    x.out[:, tokens[valid]] = by_row[:, valid]
+    return end
 
 
 def _gather(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
