@@ -637,6 +637,7 @@ def test_cuda_memory_peak_counts_device_memory() -> None:
     assert 2 * n * 32 * 4 <= peak < 64 * 2 * n * 32 * 4  # at least the output, O(N) at most
 
 
+@pytest.mark.slow  # about 35 s: zeros-bench's quick configurations on the torch backend
 def test_bench_times_the_torch_backend(tmp_path) -> None:
     """`zeros-bench --backend torch` gates on conformance, then times against torch SDPA."""
     import json
