@@ -70,6 +70,7 @@ call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the f
     s_ref     (R, nc)         s_ref of the chunk's sequence          absolute
     segment   (nc,)           the sequence of each chunk             -
     start     (nc,)           the chunk starts its sequence          -
+    end       (nc,)           the chunk ends its sequence            -
 
 `Sums` (the sums of spec 4.1 over the tokens absorbed so far, each row its own):
 
@@ -323,11 +324,11 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     chunk, nc = plan.chunk, plan.chunks
     dv, d = clean.v.shape[-1], clean.q.shape[-1]
     valid = plan.valid.reshape(nc, chunk)  # real tokens, not padding
-    prior = torch.tensor(st.length, device=s.device) > 0  # (S,) the state holds tokens
+    held = torch.tensor(st.length, dtype=s.dtype, device=s.device)  # (S,) tokens of states
     # s_ref of each sequence, a logit every row of it sees: the state's running max, or
     # the sequence's first logit.
     first = s[:, plan.first] if plan.packed else s[:, :1]  # (R, S) (slices where dense,
-    s_ref_seq = torch.where(prior, st.running_max.T, first)  # which compile better)
+    s_ref_seq = torch.where(held > 0, st.running_max.T, first)  # which compile better)
     s_ref = s_ref_seq[:, plan.segment] if plan.packed else s_ref_seq.expand(-1, nc)
     # Step 1: running maxima, per row (m_t) and at chunk ends (M_c), restarting with each
     # sequence at its s_ref; padding is below all.
@@ -344,7 +345,7 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     totals = within[..., -1]
     before = segmented_scan(totals, plan.start, torch.add) - totals  # (R, nc), exclusive
     t = counts(st, plan, s.dtype)  # (nc, C)
-    prior_sum = torch.tensor(st.length, dtype=s.dtype, device=s.device) * st.mean_offset.T
+    prior_sum = held * st.mean_offset.T  # (R, S): n sbar about s_ref
     mean_rel = (prior_sum[:, plan.segment, None] + before[..., None] + within) / t
     # Key weights relative to their chunk's end frame, exp(s_i - M_c) <= 1 (0 for padding).
     w = torch.exp(torch.where(valid, s.reshape(rows, nc, chunk) - m_end[..., None],
@@ -360,7 +361,7 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
                     mean=mean_rel, first=per_chunk(clean.first),
                     higher=per_chunk(clean.higher), zero=per_chunk(clean.zero),
                     m_prev=m_prev, m_end=m_end, s_ref=s_ref, segment=plan.segment,
-                    start=plan.start)
+                    start=plan.start, end=plan.end)
     fresh = not any(st.length)  # every sequence starts empty: its sums are zero
     sequences = Sequences(init=None if fresh else sums_from_state(st), count=plan.count,
                           finals=return_state)
@@ -427,7 +428,6 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
     carry = Sums(f=out.new_zeros((rows, d, dv)), e=out.new_zeros((rows,)),
                  g=out.new_zeros((rows, d, dv)), h=out.new_zeros((rows, d, dv)))
     finals = carry.map(lambda x: x.new_zeros((sequences.count + 1, *x.shape)))
-    ends = torch.cat([chunks.start[1:], chunks.start.new_ones((1,))])  # last of its sequence
     # Each slab's output is copied into place at once, so that its buffer is reused by the
     # next slab rather than kept until the end (fresh memory costs page faults).
     at = 0
@@ -443,7 +443,7 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
         out[:, at:at + count] = piece_out
         carry = after.map(lambda x: x[:, -1])
         if sequences.finals:  # the sums after each sequence's last chunk; others to slot S
-            slot = torch.where(ends[at:at + count], piece.segment, sequences.count)
+            slot = torch.where(piece.end, piece.segment, sequences.count)
             for name, x in after.by_name().items():
                 getattr(finals, name).index_copy_(0, slot, x.transpose(0, 1))
         at += count

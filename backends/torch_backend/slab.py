@@ -53,6 +53,7 @@ class Chunks(NamedTuple):
     s_ref: torch.Tensor  # (R, nc) s_ref of the chunk's sequence
     segment: torch.Tensor  # (nc,) int64 the sequence of each chunk (chunk plan)
     start: torch.Tensor  # (nc,) bool the chunk is its sequence's first
+    end: torch.Tensor  # (nc,) bool the chunk is its sequence's last
 
     def by_name(self) -> dict[str, torch.Tensor]:
         """The fields, name -> tensor."""
@@ -80,7 +81,7 @@ class Chunks(NamedTuple):
                 for j in range(len(parts["t"]))]
 
 
-_PER_CHUNK = ("t", "segment", "start")
+_PER_CHUNK = ("t", "segment", "start", "end")
 """The fields of `Chunks` shared by every row: their chunk axis is axis 0."""
 
 

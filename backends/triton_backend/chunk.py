@@ -252,11 +252,10 @@ def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, 
     out_sums = finals or Sums(f=kv, e=e_before, g=kv, h=kv)  # not written
     w_sum = x.w.sum(dim=-1)  # (R, nc)
     grid = (rows, triton.cdiv(d, config.block_d), triton.cdiv(dv, config.block_v))
-    starts = x.start.to(torch.int8)
-    ends = torch.cat([starts[1:], starts.new_ones(1)])  # the last chunk of its sequence
-    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, x.segment, starts,
-                        ends, init.f, init.e, init.g, init.h, kv, e_before, out_sums.f,
-                        out_sums.e, out_sums.g, out_sums.h, rows, nc, D=d, DV=dv, C=chunk,
+    _state_kernel[grid](x.k, x.v, x.w, w_sum, x.rel, x.m_prev, x.m_end, x.segment,
+                        x.start.to(torch.int8), x.end.to(torch.int8), init.f, init.e,
+                        init.g, init.h, kv, e_before, out_sums.f, out_sums.e, out_sums.g,
+                        out_sums.h, rows, nc, D=d, DV=dv, C=chunk,
                         BD=config.block_d, BV=config.block_v, PRECISION=precision,
                         HAS_INIT=sequences.init is not None, FINALS=sequences.finals,
                         num_warps=config.warps)
