@@ -29,23 +29,23 @@ def _counted(backend: NumpyBackend,
     return calls
 
 
-def _short_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The lane count of every batched exact step of heads shorter than a chunk."""
-    calls: list[int] = []
-    inner = varlen._short_heads
+def _head_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(sequences, padded tokens n) of every call of ragged heads (one per class)."""
+    calls: list[tuple[int, int]] = []
+    inner = varlen._ragged_heads
 
-    def counting(backend, x, inp, starts, lengths, state):
-        calls.append(starts.size)
-        return inner(backend, x, inp, starts, lengths, state)
+    def counting(backend, x, heads, *args, **kwargs):
+        calls.append((heads.starts.size, heads.n))
+        return inner(backend, x, heads, *args, **kwargs)
 
-    monkeypatch.setattr(varlen, "_short_heads", counting)
+    monkeypatch.setattr(varlen, "_ragged_heads", counting)
     return calls
 
 
 def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """4,096 one-token decode steps, each from its own state: one batched exact step of all
-    lanes, equal to the reference's sequence-by-sequence definition."""
+    """4,096 one-token decode steps, each from its own state: one call of ragged heads of
+    one token for all lanes, equal to the reference's sequence-by-sequence definition."""
     backend = NumpyBackend(workers=1)
     s, rows, d = 4096, 2, 4
     _, states = zeros_ref.attention(*rng.normal(size=(3, s, rows, 3, d)), return_state=True)
@@ -53,9 +53,9 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
                                         for j in range(s)])
     q, k, v = rng.normal(size=(3, rows, s, d))
     cu = _offsets([1] * s)
-    calls, short = _counted(backend, monkeypatch), _short_calls(monkeypatch)
+    calls, heads = _counted(backend, monkeypatch), _head_calls(monkeypatch)
     out, end = backend.attention(q, k, v, cu_seqlens=cu, state=packed, return_state=True)
-    assert (calls, short) == ([], [s])
+    assert (calls, heads) == ([], [(s, 1)])
     want, want_end = zeros_ref.attention(q, k, v, cu_seqlens=cu, state=packed,
                                          return_state=True)
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
@@ -63,23 +63,23 @@ def test_decode_steps_of_4096_sequences_are_one_call(rng: np.random.Generator,
     assert end.length == want_end.length == tuple(n + 1 for n in packed.length)
 
 
-def test_calls_follow_head_lengths_and_slabs(rng: np.random.Generator,
+def test_calls_follow_head_classes_and_slabs(rng: np.random.Generator,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sequences of l = r + k L tokens: the heads shorter than a chunk in one exact step,
-    one call per other distinct head length r, one per distinct number of slabs k; every
-    token computed once."""
+    """Sequences of l = r + k L tokens: the heads r of each class (up to C tokens, padded to
+    the longest of them; then (c - 1) C < r <= c C, padded to c C) in one call, one call
+    per distinct number of slabs k; every token computed once, padding at most C - 1
+    tokens per head."""
     backend = NumpyBackend(chunk_size=8, slab_size=2, workers=1)  # L = 16
-    lengths = [5, 0, 16, 21, 37, 5, 40, 3, 28]
+    lengths = [5, 0, 16, 21, 37, 5, 40, 3, 28, 14]
     cu = _offsets(lengths)
     q, k, v = rng.normal(size=(3, 1, sum(lengths), 4))
-    calls, short = _counted(backend, monkeypatch), _short_calls(monkeypatch)
+    calls, heads = _counted(backend, monkeypatch), _head_calls(monkeypatch)
     out = backend.attention(q, k, v, cu_seqlens=cu)
-    heads = sorted({n % 16 for n in lengths if n % 16 >= 8})
+    # heads: 5, 5, 5, 8, 3, 5 (up to C = 8: padded to 8), and 12, 14 (the next class: to 16)
+    assert sorted(heads) == [(2, 16), (6, 8)]
     slabs = sorted({n // 16 for n in lengths if n // 16})
-    assert short == [sum(0 < n % 16 < 8 for n in lengths)]
-    assert sorted(n for _, n in calls) == sorted([*heads, *(16 * j for j in slabs)])
-    tokens = sum(n % 16 for n in lengths if n % 16 < 8)
-    assert sum(lanes * n for lanes, n in calls) + tokens == sum(lengths)
+    assert sorted(n for _, n in calls) == [16 * j for j in slabs]
+    assert sum(lanes * n for lanes, n in calls) + sum(n % 16 for n in lengths) == sum(lengths)
     np.testing.assert_allclose(out, zeros_ref.attention(q, k, v, cu_seqlens=cu), rtol=0,
                                atol=1e-12)
 
@@ -95,3 +95,24 @@ def test_rows_of_different_counts_split_and_merge() -> None:
     assert parts[0][1].length.tolist() == [1, 4]
     assert zeros_ref.State.merge(parts).length.tolist() == [1, 2, 3, 4]
     assert st.with_batch(np, (2, 2)).length.shape == (2, 2)
+
+
+def test_ragged_heads_the_frame_cannot_hold_take_the_exact_step(
+        rng: np.random.Generator) -> None:
+    """A head whose logits spread past what one frame holds (and one with a NaN) go to the
+    reference's exact step with per-lane lengths; the other heads of their class stay on
+    the fast path, and every output and state equals the reference's."""
+    backend = NumpyBackend(chunk_size=8, slab_size=2, workers=1)  # L = 16
+    lengths = [6, 5, 7, 21]
+    cu = _offsets(lengths)
+    q, k, v = rng.normal(size=(3, 2, sum(lengths), 4))
+    s = rng.normal(size=(2, sum(lengths)))
+    s[0, 6 + 3] = 1e4  # sequence 1, row 0: a spread of 1e4 in its head
+    v[1, 11 + 2] = np.nan  # sequence 2, row 1: a NaN value in its head
+    out, end = backend.attention(q, k, v, logits=s, cu_seqlens=cu, return_state=True)
+    want, want_end = zeros_ref.attention(q, k, v, logits=s, cu_seqlens=cu, return_state=True)
+    assert backend.last_paths["reference"] == 5 + 7
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+    for name in ("running_max", "mean_offset", "normaliser", "kv", "key_sum"):
+        np.testing.assert_allclose(getattr(end, name), getattr(want_end, name), rtol=1e-12,
+                                   atol=1e-12, err_msg=name)

@@ -75,7 +75,7 @@ import itertools
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -88,15 +88,12 @@ from .chunk import Workspace
 from .frames import Seq, spread_limit
 from .logits import causal_logits
 from .paths import FAST, REFERENCE, causal_slabs
-from .rows import DenseRows, Rows
+from .rows import ROW_TOKENS, DenseRows, Rows
 from .threads import map_groups, row_groups
 from .varlen import packed_bidirectional, packed_causal
 
 __all__ = ["FAST", "REFERENCE", "ROW_TOKENS", "NumpyBackend", "backend", "spread_limit"]
 
-ROW_TOKENS = 2048
-"""Rows times slab tokens that go through a slab together (a block of rows): the slab
-buffers of 4 rows of 512 tokens, which stay in the caches."""
 
 
 class NumpyBackend:
@@ -132,6 +129,7 @@ class NumpyBackend:
         self.slab_size = slab_size
         self.workers = workers
         self.last_paths: Counter = Counter()
+        self._paths_lock = threading.Lock()
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> np.ndarray:
         """A NumPy array of `dtype` (the backend's arrays are NumPy arrays)."""
@@ -316,7 +314,9 @@ class NumpyBackend:
                                       out[:, p0:p1], paths)
             rows.put(part, out)
             # A returned state gets copies: the slabs' fields are views of per-call buffers
-            # whose size grows with N, which it must not keep alive (ZS-ON-STATE).
+            # whose size grows with N, which it must not keep alive (ZS-ON-STATE), and its
+            # sums lie in the workspace, which the next block overwrites. (Without
+            # `return_state` the state returned is not read.)
             keep = np.copy if return_state else (lambda x: x)
             return State(length=state.length, running_max=keep(state.running_max),
                          mean_offset=keep(state.mean_offset),
@@ -328,10 +328,17 @@ class NumpyBackend:
         else:
             groups = [slice(0, nrows)]
             results = [run_group(groups[0])]
-        self.last_paths += sum((p for _, p in results), Counter())
+        self.count_paths(p for _, p in results)
         if len(groups) == 1:
             return results[0][0]
         return State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])
+
+    def count_paths(self, counts: Iterable[Counter]) -> None:
+        """Add row-token counts to `last_paths` (from any thread: the pieces of a packed call
+        run on several)."""
+        with self._paths_lock:
+            for c in counts:
+                self.last_paths.update(c)
 
     # -- bidirectional --------------------------------------------------------------------------
 

@@ -92,6 +92,18 @@ class Workspace:
         self.dtype, self.d, self.dv, self.track_g = dtype, d, dv, track_g
         self._sets: dict[int, tuple[np.ndarray, ...]] = {}
         self._views: dict[tuple[int, int, int], Buffers] = {}
+        self._states: tuple[np.ndarray, ...] = ()
+
+    def state_kv(self, nrows: int, avoid: np.ndarray) -> np.ndarray:
+        """(R, 3, D, Dv) for the sums of the state after a slab: one of two buffers, the
+        one that `avoid` (the sums of the state before it) does not lie in. Slab after slab
+        the two take turns, so that no slab allocates (on some machines every fresh
+        allocation of this size costs page faults comparable to the slab's products)."""
+        if not self._states or self._states[0].shape[0] < nrows:
+            shape = (nrows, 3, self.d, self.dv)
+            self._states = (np.empty(shape, self.dtype), np.empty(shape, self.dtype))
+        first, second = (x[:nrows] for x in self._states)
+        return second if np.may_share_memory(first, avoid) else first
 
     def get(self, nrows: int, nc: int, chunk: int) -> Buffers:
         """Buffers for `nrows` rows of `nc` chunks of `chunk` tokens."""
@@ -101,11 +113,14 @@ class Workspace:
         held = self._sets.get(chunk)
         d, dv = self.d, self.dv
         if held is None or held[0].shape[0] < nrows or held[0].shape[1] < nc:
+            rows, chunks = nrows, nc
+            if held is not None:  # grown to hold both shapes: no thrashing between them
+                rows, chunks = max(rows, held[0].shape[0]), max(chunks, held[0].shape[1])
             held = (
-                np.empty((nrows, nc, chunk, chunk + 3 * d), self.dtype),
-                np.empty((nrows, nc, chunk, 3 * d), self.dtype),
-                np.empty((nrows, nc + 1, chunk + 3 * d, dv), self.dtype),
-                np.empty((nrows, nc, chunk, chunk), self.dtype),
+                np.empty((rows, chunks, chunk, chunk + 3 * d), self.dtype),
+                np.empty((rows, chunks, chunk, 3 * d), self.dtype),
+                np.empty((rows, chunks + 1, chunk + 3 * d, dv), self.dtype),
+                np.empty((rows, chunks, chunk, chunk), self.dtype),
             )
             self._sets[chunk] = held
             self._views.clear()
@@ -155,11 +170,16 @@ def _causal_mask(chunk: int, dtype: Any) -> np.ndarray:
 
 
 def fast_slab(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
-               out: np.ndarray) -> State:
+               out: np.ndarray, *, owned: bool = False,
+               tokens: np.ndarray | None = None) -> State:
     """Outputs (written to `out`, (R, L, Dv)) and the state after one slab, in its frame.
 
     Shapes: seq arrays (R, L = nc*C, ...); fr one slab of `slab_frames`; state arrays
-    (R, ...). Spec 4.2 steps 4-6 as GEMMs (module docstring).
+    (R, ...). Spec 4.2 steps 4-6 as GEMMs (module docstring). The returned state's sums
+    lie in the workspace (`Workspace.state_kv`: the next slab overwrites them) unless
+    `owned`, where they are a fresh array. Ragged rows (`slab_frames` with `tokens`, the
+    same here) add their own token counts to the state's; their padding's outputs are
+    not meaningful.
     """
     nrows, length = seq.q.shape[:2]
     nc = length // chunk
@@ -197,7 +217,9 @@ def fast_slab(ws: Workspace, state: State, seq: Seq, fr: Frame, chunk: int,
     np.matmul(products.p_qf, products.v_s, out=chunked(out, nc, chunk))
     if level and track_g:
         np.add(buf.s0[:, SLOT_G], np.matmul(buf.kg, seq.v), out=buf.end[:, SLOT_G])
-    return from_slab_frame(buf.end, fr, state, length, track_g)
+    kv = np.empty_like(buf.end) if owned else ws.state_kv(nrows, avoid=state.kv)
+    return from_slab_frame(buf.end, fr, state, length if tokens is None else tokens,
+                           track_g, out=kv)
 
 
 def to_slab_frame(state: State, fr: Frame, track_g: bool, *, out: np.ndarray) -> None:
@@ -215,13 +237,15 @@ def to_slab_frame(state: State, fr: Frame, track_g: bool, *, out: np.ndarray) ->
         out[:, SLOT_G] += state.kv[:, State.G]
 
 
-def from_slab_frame(end: np.ndarray, fr: Frame, state: State, length: int,
-                    track_g: bool) -> State:
-    """The portable state (spec 5.1) after a slab of `length` tokens, from its sums `end`
-    (R, 3, D, Dv) in the slab's frame and slot order: F and E stay relative to the slab's top
-    M (the running max after it), G moves from s_ref back to the new mean (0 where G is not
-    tracked), and the mean is stored relative to M."""
-    kv = np.empty(end.shape, end.dtype)  # (R, 3, D, Dv), State's slots F, G, H
+def from_slab_frame(end: np.ndarray, fr: Frame, state: State, length: int | np.ndarray,
+                    track_g: bool, *, out: np.ndarray) -> State:
+    """The portable state (spec 5.1) after a slab of `length` tokens (or per row, (R,)),
+    from its sums `end`
+    (R, 3, D, Dv) in the slab's frame and slot order, its sums written to `out` (same
+    shape): F and E stay relative to the slab's top M (the running max after it), G moves
+    from s_ref back to the new mean (0 where G is not tracked), and the mean is stored
+    relative to M."""
+    kv = out  # (R, 3, D, Dv), State's slots F, G, H
     kv[:, State.F], kv[:, State.H] = end[:, SLOT_F], end[:, SLOT_H]
     if track_g:
         np.multiply(end[:, SLOT_H], fr.mean[:, -1, None, None], out=kv[:, State.G])

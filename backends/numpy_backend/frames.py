@@ -190,11 +190,22 @@ def _max_abs(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.max(x, axis=-1), -np.min(x, axis=-1))
 
 
-def slab_frames(state: State, seq: Seq, length: int) -> Frame:
+def slab_frames(state: State, seq: Seq, length: int, *,
+                tokens: np.ndarray | None = None) -> Frame:
     """Frames of the nb = n / L slabs of `seq` (R rows, n tokens) that follow `state` (spec
-    4.2 steps 1-3). Every field of the result has leading axes (R, nb)."""
+    4.2 steps 1-3). Every field of the result has leading axes (R, nb).
+
+    With `tokens` (R,), values in 1..L, the rows are ragged: one slab (n = L) of which row r
+    holds only its first tokens[r], the rest padding with zero keys and values, as in
+    `zeros_ref.kernel.causal_step` with `lengths`. The padding then repeats the statistics of
+    the row's last real token (its weight is 0, its logit counts as the slab's first, its
+    count t stops), so that the frame's last entries, which `chunk.from_slab_frame` reads,
+    are those after the row's own last token.
+    """
     nrows, n = seq.s.shape
     nb = n // length
+    if tokens is not None and nb != 1:
+        raise ValueError(f"ragged rows take one slab; got {nb} of {length} tokens")
 
     def slabs(x: np.ndarray) -> np.ndarray:  # (R, n, ...) -> (R, nb, L, ...)
         return x.reshape(nrows, nb, length, *x.shape[2:])
@@ -204,6 +215,11 @@ def slab_frames(state: State, seq: Seq, length: int) -> Frame:
     per_row = np.ndim(prior) > 0
     ahead = prior[:, None, None] if per_row else prior
     t = ahead + np.arange(1, n + 1, dtype=s.dtype).reshape(nb, length)  # 1-based, (.., nb, L)
+    real = None
+    if tokens is not None:
+        real = slabs(np.arange(n) < tokens[:, None])  # (R, 1, L)
+        s = np.where(real, s, s[..., :1])
+        t = np.minimum(t, ahead + tokens[:, None, None].astype(s.dtype))
     # Step 1: each slab's top M, a running max over slabs.
     ref = s[..., 0]  # (R, nb)
     top = np.maximum.accumulate(np.max(s, axis=-1), axis=1)  # (R, nb)
@@ -216,6 +232,8 @@ def slab_frames(state: State, seq: Seq, length: int) -> Frame:
     key = np.empty((nrows, nb, 3, length), s.dtype)  # (R, nb, 3, L)
     weights, centred = key[:, :, SLOT_F], key[:, :, SLOT_G]
     np.exp(np.subtract(s, top[..., None], out=weights), out=weights)
+    if real is not None:
+        weights *= real
     np.subtract(s, ref[..., None], out=centred)
     key[:, :, SLOT_H] = 1.0
     normaliser = np.cumsum(weights, axis=-1)  # (R, nb, L), completed below

@@ -56,7 +56,7 @@ def causal_slabs(ws: Workspace, state: State, seq: Seq, length: int, chunk: int,
             paths[FAST] += good.size * length
             part = np.empty((good.size, length, out.shape[-1]), out.dtype)
             st = fast_slab(ws, state.rows(good), span.rows(good), fr.rows(good).slab(j),
-                            chunk, part)
+                            chunk, part, owned=True)  # kept while the others are redone
             dest[good] = part
             parts.append((good, st))
         part = np.empty((bad.size, length, out.shape[-1]), out.dtype)

@@ -13,7 +13,11 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-__all__ = ["Block", "DenseRows", "Rows"]
+__all__ = ["ROW_TOKENS", "Block", "DenseRows", "Rows"]
+
+ROW_TOKENS = 2048
+"""Rows times slab tokens that go through a slab together (a block of rows): the slab
+buffers of 4 rows of 512 tokens, which stay in the caches."""
 
 
 class Block(NamedTuple):

@@ -7,15 +7,19 @@ call may hold different counts: `frames.counts`). A packed call becomes such cal
 ``l = r + k L`` (L = chunk_size * slab_size, 0 <= r < L) into its *head* of r tokens and k
 whole slabs. Then
 
-1. the heads of all sequences, grouped by r: one call per distinct head length (at most L
-   of them, whatever the number of sequences), each lane from its sequence's initial state;
-2. slab j of every sequence with more than j slabs: one call of L tokens per j, every lane
-   from the state its previous piece left.
+1. the heads by class, one call each: heads of up to C tokens padded to the longest of
+   them, then for each c those of (c - 1) C + 1 .. c C tokens padded to c C. A class is
+   one slab of ragged rows (`frames.slab_frames` with `tokens`): the padding after a lane's
+   last token has zero keys and values, no weight and no count, so the state taken at the
+   slab's end is the one after the lane's own last token;
+2. the slabs of the sequences of k slabs: one call of k L tokens for each k, every lane
+   from the state its head left.
 
-So S sequences cost at most L + max(l) / L calls, the tokens are each computed once, and the
-work follows the tokens, not the longest sequence (ZS-ON-VARLEN). The lanes' states between
-calls are kept only for sequences that go on (at most T / L of them), and for all when they
-are returned.
+So S sequences cost at most L / C + max(l) / L calls, whatever S, the padding is below C
+tokens per sequence, and the work follows the tokens, not the longest sequence
+(ZS-ON-VARLEN). The rows of *B are shared between the worker threads, each running all the
+calls for its rows. The lanes' states between calls are kept only for sequences that go on
+(at most T / L of them), and for all when they are returned.
 
 Bidirectional calls (spec 4.3) group the sequences by length class (lengths in
 (2^(j-1), 2^j]) and pad each class to its longest, the padding masked out of the sums
@@ -25,6 +29,8 @@ Bidirectional calls (spec 4.3) group the sequences by length class (lengths in
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -33,9 +39,11 @@ import numpy as np
 from zeros_ref.kernel import Inputs, State, causal_step, check_default_logits
 
 from .bidirectional import bidirectional_rows
+from .chunk import Workspace, fast_slab
+from .frames import Seq, slab_frames
 from .logits import causal_logits
-from .paths import REFERENCE
-from .rows import Block
+from .paths import FAST, REFERENCE
+from .rows import ROW_TOKENS, Block
 
 __all__ = ["packed_bidirectional", "packed_causal"]
 
@@ -56,6 +64,12 @@ class _Packed(NamedTuple):
     logits: np.ndarray | None
     gates: tuple[np.ndarray, ...]
     out: np.ndarray
+
+    def rows(self, group: slice) -> _Packed:
+        """The rows `group` (views)."""
+        return _Packed(self.q[group], self.k[group], self.v[group],
+                       None if self.logits is None else self.logits[group],
+                       tuple(g[group] for g in self.gates), self.out[group])
 
 
 class Lanes:
@@ -118,10 +132,13 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
                   return_state: bool) -> tuple[np.ndarray, State | None]:
     """Outputs (R, T, Dv) and, with `return_state`, the final states (leading axes (S, R)) of
     a packed causal call whose validated inputs are `inp` and initial states `start`
-    (leading axes (S, *B)). `backend` is the `NumpyBackend` (its `causal_rows`)."""
+    (leading axes (S, *B)). `backend` is the `NumpyBackend` (its `causal_rows`).
+
+    The rows of *B are shared out between the worker threads, each of which runs every
+    sequence of its rows (`_packed_rows`): the pieces of a call wait on one another only
+    at its end. A call of one row shares each piece's lanes out instead."""
     offsets = np.asarray(inp.offsets)
-    lengths = np.diff(offsets)
-    count, rows = lengths.shape[0], math.prod(inp.batch)
+    count, rows = offsets.size - 1, math.prod(inp.batch)
     t, d, dv = inp.n, inp.q.shape[-1], inp.v.shape[-1]
     gates = tuple(np.broadcast_to(g, (*inp.batch, t)).reshape(rows, t)
                   for g in (inp.first, inp.higher, inp.zero))
@@ -130,6 +147,34 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
                 None if inp.logits is None else inp.logits.reshape(rows, t), gates,
                 np.empty((rows, t, dv), inp.compute_dtype))
     track_g = return_state or not np.array_equal(gates[0], gates[1])
+    by_row = start.with_batch(np, (count, rows))
+
+    def run(group: slice) -> State | None:
+        part = State(length=by_row.length, **{name: getattr(by_row, name)[:, group]
+                                              for name in _ARRAYS})
+        return _packed_rows(backend, x.rows(group), offsets, part, return_state=return_state,
+                            track_g=track_g, threads=group == slice(0, rows))
+
+    _, ends = backend._run(run, rows, t)
+    if not return_state:
+        return x.out, None
+    return x.out, State(length=ends[0].length, **{
+        name: np.concatenate([getattr(end, name) for end in ends], axis=1)
+        for name in _ARRAYS})
+
+
+_ARRAYS = ("running_max", "mean_offset", "normaliser", "kv", "key_sum")
+"""The array fields of a `State`."""
+
+
+def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
+                 return_state: bool, track_g: bool, threads: bool) -> State | None:
+    """Outputs (into ``x.out``) and, with `return_state`, the final states (S, R) of the R
+    rows of `x`, packed as `offsets`, from `start` (S, R) (module docstring). With
+    `threads` each piece's lanes are shared between the worker threads."""
+    lengths = np.diff(offsets)
+    count, rows = lengths.shape[0], x.q.shape[0]
+    d, dv = x.q.shape[-1], x.v.shape[-1]
     slab = backend.chunk_size * backend.slab_size
     whole, head = lengths // slab, lengths % slab  # k slabs after a head of r tokens
     going = np.flatnonzero(whole > 0)  # sequences with slabs after their head
@@ -144,7 +189,7 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         """The initial states of the lanes of `seqs` (fresh arrays)."""
         if init is not None:
             return init.rows(_lanes(seqs, rows))
-        empty = State.empty(np, (rows * seqs.size,), d, dv, dtype=inp.compute_dtype,
+        empty = State.empty(np, (rows * seqs.size,), d, dv, dtype=x.out.dtype,
                             device="cpu")
         return replace(empty, length=np.zeros(rows * seqs.size, dtype=np.int64))
 
@@ -153,7 +198,7 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
 
     workspaces: dict = {}  # the worker threads' buffers, shared by the calls below
 
-    def run(first: np.ndarray, n: int, state: State, *, threads: bool = True) -> State:
+    def run(first: np.ndarray, n: int, state: State) -> State:
         return backend.causal_rows(Lanes(x, first, n), state, spans=list(backend._spans(n)),
                                    return_state=True, track_g=track_g, workspaces=workspaces,
                                    threads=threads)
@@ -168,73 +213,111 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
         if finals is not None and done.any():
             _put(finals, _lanes(seqs[done], rows), end.rows(_lanes(np.flatnonzero(done), rows)))
 
-    # 1. Heads shorter than a chunk, all at once: the reference's exact chunk step on the
-    # lanes padded to the longest of them, each lane's state taken after its own last token.
-    short = np.flatnonzero((head > 0) & (head < backend.chunk_size))
-    for part in np.array_split(short, -(-short.size * rows * int(head[short].max(initial=1))
-                                         ** 2 // SHORT_BLOCK) or 1):
-        if part.size:
-            finish(part, _short_heads(backend, x, inp, offsets[part], head[part],
-                                      initial(part)), whole[part] == 0)
-    # 2. The other heads, one call per length; the calls are independent, so they are shared
-    # out between the worker threads (in an order that gives each thread alike lengths).
-    heads = [(int(r), np.flatnonzero(head == r))
-             for r in np.unique(head[head >= backend.chunk_size])]
-    heads = heads[0::2] + heads[1::2]
-
-    def run_heads(part: slice) -> list[tuple[np.ndarray, State]]:
-        return [(seqs, run(offsets[seqs], r, initial(seqs), threads=False))
-                for r, seqs in heads[part]]
-
-    if heads:
-        tokens = rows * int(head.sum())
-        _, done = backend._run(run_heads, len(heads), -(-tokens // len(heads)))
-        for seqs, end in (pair for part in done for pair in part):
-            finish(seqs, end, whole[seqs] == 0)
-    for j in np.unique(whole[whole > 0]):  # 3. the slabs, one call per number of slabs
+    # 1. The heads, by class (heads of up to C tokens, then of c chunks for each c): the
+    # lanes of a class are ragged rows of one slab, each from its sequence's initial state.
+    chunk = backend.chunk_size
+    classes = -(-head // chunk)  # c: heads of (c-1) C + 1 .. c C tokens (0: none)
+    for c in np.unique(classes[classes > 0]):
+        seqs = np.flatnonzero(classes == c)
+        n = int(head[seqs].max()) if c == 1 else int(c) * chunk
+        end = _ragged_heads(backend, x, Heads(offsets[seqs], head[seqs], n, min(n, chunk)),
+                            initial(seqs), track_g=track_g, workspaces=workspaces,
+                            threads=threads)
+        finish(seqs, end, whole[seqs] == 0)
+    for j in np.unique(whole[whole > 0]):  # 2. the slabs, one call per number of slabs
         seqs = np.flatnonzero(whole == j)
         end = run(offsets[seqs] + head[seqs], int(j) * slab,
                   store.rows(_lanes(slot[seqs], rows)))
         finish(seqs, end, np.ones(seqs.size, dtype=bool))
     if finals is None:
-        return x.out, None
+        return None
     counts = tuple(int(n) for n in np.asarray(start.length, dtype=np.int64) + lengths)
-    return x.out, replace(finals.with_batch(np, (count, rows)), length=counts)
+    return replace(finals.with_batch(np, (count, rows)), length=counts)
 
 
-SHORT_BLOCK = 2**21
-"""Lanes x tokens^2 of short heads computed together (the exact step's C x C weights)."""
+class Heads(NamedTuple):
+    """The heads of a class of sequences: g sequences whose heads of `lengths` (g,), 1..n
+    tokens, start at `starts` (g,), taken as ragged rows of one slab of n tokens in chunks
+    of `chunk`."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    n: int
+    chunk: int
 
 
-def _short_heads(backend: Any, x: _Packed, inp: Inputs, starts: np.ndarray,
-                 lengths: np.ndarray, state: State) -> State:
-    """Outputs (into ``x.out``) and final states of the lanes of sequences whose heads, of
-    `lengths` < C tokens at `starts`, go through the reference's exact step together
-    (`zeros_ref.kernel.causal_step` with per-lane lengths): the lanes padded to the longest,
-    zero keys and values in the padding, which no real token sees."""
-    rows, n = x.q.shape[0], int(lengths.max())
+def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track_g: bool,
+                  workspaces: dict, threads: bool) -> State:
+    """Outputs (into ``x.out``) and final states of the lanes (g R, sequence-major) of
+    `heads`, from `state` (their initial states): every lane a row of one slab of n tokens
+    padded after its last one with zero queries, keys, values and logits
+    (`frames.slab_frames` with `tokens`). Lanes the frame cannot represent exactly take the
+    reference's exact step with per-lane lengths (`zeros_ref.kernel.causal_step`). The
+    lanes go a block at a time, with `threads` shared between the worker threads."""
+    rows, n = x.q.shape[0], heads.n
     position = np.arange(n)
-    valid = position < lengths[:, None]  # (g, n)
-    tokens = np.where(valid, starts[:, None] + position, starts[:, None])
+    valid = position < heads.lengths[:, None]  # (g, n)
+    tokens = np.where(valid, heads.starts[:, None] + position, heads.starts[:, None])
+    d, dv = x.q.shape[-1], x.v.shape[-1]
 
-    def lanes(y: np.ndarray) -> np.ndarray:  # (R, T, ...) -> lanes (g R, n, ...)
-        picked = np.swapaxes(np.take(y, tokens, axis=1), 0, 1)
-        return picked.reshape(-1, *picked.shape[2:])
+    def run_block(ws: Workspace, lanes: np.ndarray, paths: Counter) -> State:
+        seq, row = lanes // rows, (lanes % rows)[:, None]
+        tok, real = tokens[seq], valid[seq]  # (b, n)
+        count = heads.lengths[seq]
+        mask = real[..., None]
+        q, k, v = (np.where(mask, y[row, tok], 0.0) for y in (x.q, x.k, x.v))
+        start = state.rows(lanes)
+        if x.logits is None:
+            s, key_sum = causal_logits(k, start)
+            check_default_logits(np, s, k, start.key_sum)
+        else:
+            s, key_sum = np.where(real, x.logits[row, tok], 0.0), start.key_sum + k.sum(axis=1)
+        seq_in = Seq(q, k, v, s, *(g[row, tok] for g in x.gates))
+        out = np.empty((lanes.size, n, dv), x.out.dtype)
+        with np.errstate(all="ignore"):  # lanes whose statistics overflow fail the test
+            fr = slab_frames(start, seq_in, n, tokens=count)
+        ok = fr.ok[:, 0]
+        if ok.all():
+            end = fast_slab(ws, start, seq_in, fr.slab(0), heads.chunk, out, owned=True,
+                            tokens=count)
+        else:
+            parts = []
+            good, bad = np.flatnonzero(ok), np.flatnonzero(~ok)
+            if good.size:
+                part = np.empty((good.size, n, dv), out.dtype)
+                parts.append((good, fast_slab(ws, start.rows(good), seq_in.rows(good),
+                                              fr.rows(good).slab(0), heads.chunk, part,
+                                              owned=True, tokens=count[good])))
+                out[good] = part
+            sub = seq_in.rows(bad)
+            out[bad], st = causal_step(np, start.rows(bad), sub.q, sub.k, sub.v, sub.s,
+                                       sub.gates, lengths=count[bad])
+            parts.append((bad, st))
+            end = State.merge(parts)
+        paths[FAST] += int(count[ok].sum())
+        paths[REFERENCE] += int(count[~ok].sum())
+        x.out[np.broadcast_to(row, tok.shape)[real], tok[real]] = out[real]
+        return replace(end, key_sum=key_sum)
 
-    real = np.repeat(valid, rows, axis=0)  # (g R, n)
-    k = np.where(real[..., None], lanes(x.k), 0.0)
-    v = np.where(real[..., None], lanes(x.v), 0.0)
-    if x.logits is None:
-        s, _ = causal_logits(k, state)
-        check_default_logits(np, s, k, state.key_sum)
+    block = max(1, ROW_TOKENS // n)
+
+    def run_group(group: slice) -> tuple[State, Counter]:
+        ws = workspaces.setdefault(threading.get_ident(),
+                                   Workspace(x.out.dtype, d, dv, track_g=track_g))
+        paths, parts = Counter(), []
+        for lo in range(group.start, group.stop, block):
+            lanes = np.arange(lo, min(lo + block, group.stop))
+            parts.append((lanes - group.start, run_block(ws, lanes, paths)))
+        return State.merge(parts), paths
+
+    nlanes = heads.starts.size * rows
+    if threads:
+        groups, results = backend._run(run_group, nlanes, n)
     else:
-        s = lanes(x.logits)
-    out, end = causal_step(np, state, lanes(x.q), k, v, s, tuple(lanes(g) for g in x.gates),
-                           lengths=np.repeat(lengths, rows))
-    backend.last_paths[REFERENCE] += int(real.sum())
-    by_row = np.swapaxes(out.reshape(-1, rows, n, out.shape[-1]), 0, 1)  # (R, g, n, Dv)
-    x.out[:, tokens[valid]] = by_row[:, valid]
-    return end
+        groups = [slice(0, nlanes)]
+        results = [run_group(groups[0])]
+    backend.count_paths(p for _, p in results)
+    return State.merge([(np.arange(g.start, g.stop), st) for g, (st, _) in zip(groups, results)])
 
 
 def _gather(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
