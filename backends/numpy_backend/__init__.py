@@ -262,11 +262,12 @@ class NumpyBackend:
                          (inp.first, inp.higher, inp.zero), out)
         track_g = return_state or not np.array_equal(inp.first, inp.higher)
         end = self.causal_rows(rows, start, spans=list(self._spans(n)),
-                               return_state=return_state, track_g=track_g)
+                               return_state=return_state, track_g=track_g,
+                               track_keys=return_state)
         return out, end
 
     def causal_rows(self, rows: Rows, start: State, *, spans: list[tuple[int, int, int, int]],
-                    return_state: bool, track_g: bool,
+                    return_state: bool, track_g: bool, track_keys: bool,
                     workspaces: dict[int, Workspace] | None = None,
                     threads: bool = True) -> State:
         """Causal outputs (written through `rows`) and final state of R rows of n tokens
@@ -276,8 +277,9 @@ class NumpyBackend:
 
         The rows go through the slabs a block at a time (`ROW_TOKENS`), so that a slab's
         buffers stay in the caches however many rows a call has. Parts of the state that
-        nothing reads are not kept unless it is returned: the key sum (read by the default
-        logits) and G (read where first != higher, `track_g`). Calls that pass the same
+        nothing reads are not kept: the key sum unless `track_keys` (it is read by the
+        default logits, which form it anyway, and where returned) and G unless `track_g`
+        (read where first != higher). Calls that pass the same
         `workspaces` (a packed call's, whose many calls would otherwise each allocate their
         buffers afresh) reuse each worker thread's buffers. Without `threads` the rows run
         on the calling thread (which may be a worker already).
@@ -305,8 +307,8 @@ class NumpyBackend:
                 s, key_sum = causal_logits(x.k, state)
                 check_default_logits(np, s, x.k, state.key_sum)
             else:
-                s, key_sum = x.logits, state.key_sum  # the sum is read only when returned
-                if return_state:
+                s, key_sum = x.logits, state.key_sum
+                if track_keys:
                     key_sum = key_sum + np.sum(x.k, axis=1)
             seq, out = Seq(x.q, x.k, x.v, s, *x.gates), rows.output(part)
             for p0, p1, length, chunk in spans:

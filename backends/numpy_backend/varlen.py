@@ -40,7 +40,7 @@ from zeros_ref.kernel import Inputs, State, causal_step, check_default_logits
 
 from .bidirectional import bidirectional_rows
 from .chunk import Workspace, fast_slab
-from .frames import Seq, slab_frames
+from .frames import Frame, Seq, slab_frames
 from .logits import causal_logits
 from .paths import FAST, REFERENCE
 from .rows import ROW_TOKENS, Block
@@ -147,13 +147,15 @@ def packed_causal(backend: Any, inp: Inputs, start: State, *,
                 None if inp.logits is None else inp.logits.reshape(rows, t), gates,
                 np.empty((rows, t, dv), inp.compute_dtype))
     track_g = return_state or not np.array_equal(gates[0], gates[1])
+    track_keys = return_state or x.logits is None  # the key sums are read
     by_row = start.with_batch(np, (count, rows))
 
     def run(group: slice) -> State | None:
         part = State(length=by_row.length, **{name: getattr(by_row, name)[:, group]
                                               for name in _ARRAYS})
         return _packed_rows(backend, x.rows(group), offsets, part, return_state=return_state,
-                            track_g=track_g, threads=group == slice(0, rows))
+                            track_g=track_g, track_keys=track_keys,
+                            threads=group == slice(0, rows))
 
     _, ends = backend._run(run, rows, t)
     if not return_state:
@@ -168,7 +170,8 @@ _ARRAYS = ("running_max", "mean_offset", "normaliser", "kv", "key_sum")
 
 
 def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
-                 return_state: bool, track_g: bool, threads: bool) -> State | None:
+                 return_state: bool, track_g: bool, track_keys: bool,
+                 threads: bool) -> State | None:
     """Outputs (into ``x.out``) and, with `return_state`, the final states (S, R) of the R
     rows of `x`, packed as `offsets`, from `start` (S, R) (module docstring). With
     `threads` each piece's lanes are shared between the worker threads."""
@@ -200,7 +203,8 @@ def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
 
     def run(first: np.ndarray, n: int, state: State) -> State:
         return backend.causal_rows(Lanes(x, first, n), state, spans=list(backend._spans(n)),
-                                   return_state=True, track_g=track_g, workspaces=workspaces,
+                                   return_state=True, track_g=track_g, track_keys=track_keys,
+                                   workspaces=workspaces,
                                    threads=threads)
 
     def finish(seqs: np.ndarray, end: State, done: np.ndarray) -> None:
@@ -221,8 +225,8 @@ def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
         seqs = np.flatnonzero(classes == c)
         n = int(head[seqs].max()) if c == 1 else int(c) * chunk
         end = _ragged_heads(backend, x, Heads(offsets[seqs], head[seqs], n, min(n, chunk)),
-                            initial(seqs), track_g=track_g, workspaces=workspaces,
-                            threads=threads)
+                            initial(seqs), track_g=track_g, track_keys=track_keys,
+                            workspaces=workspaces, threads=threads)
         finish(seqs, end, whole[seqs] == 0)
     for j in np.unique(whole[whole > 0]):  # 2. the slabs, one call per number of slabs
         seqs = np.flatnonzero(whole == j)
@@ -246,69 +250,94 @@ class Heads(NamedTuple):
     chunk: int
 
 
+FRAME_TOKENS = 8192
+"""Lane-tokens of ragged heads whose frames are taken together (gathered inputs of 2 MB
+each at D = 64 in float32: big enough to spread the frames' fixed cost, small enough that
+the allocator reuses their memory rather than mapping it afresh)."""
+
+
 def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track_g: bool,
-                  workspaces: dict, threads: bool) -> State:
+                  track_keys: bool, workspaces: dict, threads: bool) -> State:
     """Outputs (into ``x.out``) and final states of the lanes (g R, sequence-major) of
     `heads`, from `state` (their initial states): every lane a row of one slab of n tokens
-    padded after its last one with zero queries, keys, values and logits
-    (`frames.slab_frames` with `tokens`). Lanes the frame cannot represent exactly take the
-    reference's exact step with per-lane lengths (`zeros_ref.kernel.causal_step`). The
-    lanes go a block at a time, with `threads` shared between the worker threads."""
+    padded after its last one (`frames.slab_frames` with `tokens`). Lanes the frame cannot
+    represent exactly take the reference's exact step with per-lane lengths
+    (`zeros_ref.kernel.causal_step`). With `threads` the lanes are shared between the
+    worker threads; each takes the frames of its lanes `FRAME_TOKENS` at a time and the
+    slab products `ROW_TOKENS` at a time. The key sums are those of the initial states unless
+    `track_keys` (read by the default logits, or returned)."""
     rows, n = x.q.shape[0], heads.n
     position = np.arange(n)
     valid = position < heads.lengths[:, None]  # (g, n)
     tokens = np.where(valid, heads.starts[:, None] + position, heads.starts[:, None])
     d, dv = x.q.shape[-1], x.v.shape[-1]
+    block = max(1, ROW_TOKENS // n)
 
-    def run_block(ws: Workspace, lanes: np.ndarray, paths: Counter) -> State:
-        seq, row = lanes // rows, (lanes % rows)[:, None]
-        tok, real = tokens[seq], valid[seq]  # (b, n)
-        count = heads.lengths[seq]
-        mask = real[..., None]
-        q, k, v = (np.where(mask, y[row, tok], 0.0) for y in (x.q, x.k, x.v))
+    def fast(ws: Workspace, start: State, seq: Seq, fr: Frame, count: np.ndarray,
+             out: np.ndarray) -> State:
+        """`chunk.fast_slab` on the lanes, `block` at a time (views of them)."""
+        parts = []
+        for lo in range(0, count.size, block):
+            part = slice(lo, lo + block)
+            parts.append((np.arange(count.size)[part],
+                          fast_slab(ws, start.rows(part), seq.rows(part), fr.rows(part).slab(0),
+                                    heads.chunk, out[part], owned=True, tokens=count[part])))
+        return parts[0][1] if len(parts) == 1 else State.merge(parts)
+
+    def run_group(group: slice) -> tuple[State, Counter]:
+        ws = workspaces.setdefault(threading.get_ident(),
+                                   Workspace(x.out.dtype, d, dv, track_g=track_g))
+        step = max(block, FRAME_TOKENS // n)
+        parts, paths = [], Counter()
+        for lo in range(group.start, group.stop, step):
+            lanes = np.arange(lo, min(lo + step, group.stop))
+            end, counted = run_lanes(ws, lanes)
+            parts.append((lanes - group.start, end))
+            paths.update(counted)
+        return (parts[0][1] if len(parts) == 1 else State.merge(parts)), paths
+
+    def run_lanes(ws: Workspace, lanes: np.ndarray) -> tuple[State, Counter]:
+        seq, row = lanes // rows, lanes % rows
+        tok, real, count = tokens[seq], valid[seq], heads.lengths[seq]  # (b, n), (b,)
+        flat = row[:, None] * x.q.shape[1] + tok  # the lanes' tokens (padding: their first)
+
+        def gather(y: np.ndarray) -> np.ndarray:
+            return np.take(y.reshape(-1, *y.shape[2:]), flat, axis=0)
+
+        q, k, v = gather(x.q), gather(x.k), gather(x.v)
+        k[~real] = 0.0  # no weight in the frames, nothing in the key sums
         start = state.rows(lanes)
         if x.logits is None:
             s, key_sum = causal_logits(k, start)
             check_default_logits(np, s, k, start.key_sum)
         else:
-            s, key_sum = np.where(real, x.logits[row, tok], 0.0), start.key_sum + k.sum(axis=1)
-        seq_in = Seq(q, k, v, s, *(g[row, tok] for g in x.gates))
+            s = gather(x.logits)
+            key_sum = start.key_sum + k.sum(axis=1) if track_keys else start.key_sum
+        seq_in = Seq(q, k, v, s, *(gather(g) for g in x.gates))
         out = np.empty((lanes.size, n, dv), x.out.dtype)
         with np.errstate(all="ignore"):  # lanes whose statistics overflow fail the test
             fr = slab_frames(start, seq_in, n, tokens=count)
         ok = fr.ok[:, 0]
         if ok.all():
-            end = fast_slab(ws, start, seq_in, fr.slab(0), heads.chunk, out, owned=True,
-                            tokens=count)
+            end = fast(ws, start, seq_in, fr, count, out)
         else:
             parts = []
             good, bad = np.flatnonzero(ok), np.flatnonzero(~ok)
             if good.size:
                 part = np.empty((good.size, n, dv), out.dtype)
-                parts.append((good, fast_slab(ws, start.rows(good), seq_in.rows(good),
-                                              fr.rows(good).slab(0), heads.chunk, part,
-                                              owned=True, tokens=count[good])))
+                parts.append((good, fast(ws, start.rows(good), seq_in.rows(good),
+                                         fr.rows(good), count[good], part)))
                 out[good] = part
             sub = seq_in.rows(bad)
+            for y in (sub.q, sub.v, sub.s):  # the exact step's padding: zeros
+                y[~real[bad]] = 0.0
             out[bad], st = causal_step(np, start.rows(bad), sub.q, sub.k, sub.v, sub.s,
                                        sub.gates, lengths=count[bad])
             parts.append((bad, st))
             end = State.merge(parts)
-        paths[FAST] += int(count[ok].sum())
-        paths[REFERENCE] += int(count[~ok].sum())
-        x.out[np.broadcast_to(row, tok.shape)[real], tok[real]] = out[real]
-        return replace(end, key_sum=key_sum)
-
-    block = max(1, ROW_TOKENS // n)
-
-    def run_group(group: slice) -> tuple[State, Counter]:
-        ws = workspaces.setdefault(threading.get_ident(),
-                                   Workspace(x.out.dtype, d, dv, track_g=track_g))
-        paths, parts = Counter(), []
-        for lo in range(group.start, group.stop, block):
-            lanes = np.arange(lo, min(lo + block, group.stop))
-            parts.append((lanes - group.start, run_block(ws, lanes, paths)))
-        return State.merge(parts), paths
+        x.out[np.broadcast_to(row[:, None], tok.shape)[real], tok[real]] = out[real]
+        paths = Counter({FAST: int(count[ok].sum()), REFERENCE: int(count[~ok].sum())})
+        return replace(end, key_sum=key_sum), paths
 
     nlanes = heads.starts.size * rows
     if threads:
@@ -317,6 +346,8 @@ def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track
         groups = [slice(0, nlanes)]
         results = [run_group(groups[0])]
     backend.count_paths(p for _, p in results)
+    if len(results) == 1:
+        return results[0][0]
     return State.merge([(np.arange(g.start, g.stop), st) for g, (st, _) in zip(groups, results)])
 
 
