@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ class ReferenceBackend:
 
     name = "reference"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits", "layer", "varlen"})
+    features = frozenset({"bidirectional", "state", "default_logits", "layer", "varlen",
+                          "merge"})
     device = "cpu"
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> np.ndarray:
@@ -30,6 +32,9 @@ class ReferenceBackend:
 
     def layer(self, x: Any, params: Any, **options: Any) -> Any:
         return zeros_ref.layer(x, params, **options)
+
+    def merge_states(self, states: Sequence[zeros_ref.State]) -> zeros_ref.State:
+        return zeros_ref.merge_states(states)
 
 
 backend = ReferenceBackend()

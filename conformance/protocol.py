@@ -29,7 +29,7 @@ reports that must still be written.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeGuard
 
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
     "Gradients",
     "Layer",
     "MemoryPeak",
+    "MergeStates",
     "Threaded",
     "chunk_size",
     "device",
@@ -53,6 +54,7 @@ __all__ = [
     "is_threaded",
     "layer",
     "memory_peak",
+    "merge_states",
     "name",
     "protocol_problems",
     "slab_size",
@@ -64,11 +66,12 @@ __all__ = [
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 """Dtype names a backend may claim, from least to most precise."""
 
-FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad", "layer", "varlen"})
+FEATURES = frozenset({"bidirectional", "state", "default_logits", "grad", "layer", "varlen",
+                      "merge"})
 """Optional features (spec 10.2); "core" is always required."""
 IMPLIED = frozenset({"bidirectional", "state", "default_logits", "grad"})
 """What a backend without a `features` attribute claims (spec 10.1), with "layer" when it has
-a `layer` method; later features ("varlen") are claimed explicitly only."""
+a `layer` method; later features ("varlen", "merge") are claimed explicitly only."""
 
 
 class Backend(Protocol):
@@ -121,6 +124,13 @@ class Layer(Protocol):
                  state: Any = None, return_state: bool = False) -> Any: ...
 
 
+class MergeStates(Protocol):
+    """``merge_states(states)`` (feature "merge"): the state of the concatenation of pieces
+    from their states, in sequence order (spec 5.3)."""
+
+    def __call__(self, states: Sequence[Any]) -> Any: ...
+
+
 MemoryPeak = Callable[[Callable[[], Any]], int]
 """``memory_peak(fn)``: peak bytes allocated while ``fn()`` runs, beyond those allocated before
 it, of memory the process's resident size does not show (device memory)."""
@@ -163,6 +173,11 @@ def gradients(backend: object) -> Gradients | None:
 def layer(backend: object) -> Layer | None:
     """The backend's `layer` method, or None."""
     return _callable(backend, "layer")
+
+
+def merge_states(backend: object) -> MergeStates | None:
+    """The backend's `merge_states` method, or None."""
+    return _callable(backend, "merge_states")
 
 
 def features(backend: object) -> frozenset[str]:
@@ -242,4 +257,6 @@ def protocol_problems(backend: object) -> list[str]:
             problems.append('`features` claims "grad" but `gradients` is not callable')
         elif "layer" in claimed and layer(backend) is None:
             problems.append('`features` claims "layer" but `layer` is not callable')
+        elif "merge" in claimed and merge_states(backend) is None:
+            problems.append('`features` claims "merge" but `merge_states` is not callable')
     return problems

@@ -108,6 +108,9 @@ MUTANTS: list[Mutant] = [
     Mutant("broken_varlen:mixed_states", "ZS-VARLEN-STATE", "reference"),
     Mutant("broken_varlen:pads_to_longest", "ZS-ON-VARLEN", "reference"),
     Mutant("broken_varlen:core_only_layer", "ZS-LAYER-VARLEN", "reference"),
+    # broken_merge.py: the merge of states (spec 5.3).
+    Mutant("broken_merge:unframed", "ZS-STREAM-MERGE", "reference"),
+    Mutant("broken_merge:unmoved_g", "ZS-STREAM-MERGE", "reference"),
 ]
 """(mutant, requirement it must fail, its correct twin), one row per pair."""
 

@@ -11,6 +11,7 @@ from . import kernel
 from ._attention import DEFAULT_CHUNK_SIZE, attention
 from ._layer import LayerState, layer
 from ._logits import deviation_logits, mean_logits, quadratic_logits
+from ._merge import merge_states
 from ._params import PARAMETERS, random_layer_params
 from ._rope import rope
 from ._state import State
@@ -32,6 +33,7 @@ __all__ = [
     "kernel",
     "layer",
     "mean_logits",
+    "merge_states",
     "quadratic_logits",
     "random_layer_params",
     "rope",

@@ -43,6 +43,7 @@ from ._attention import DEFAULT_CHUNK_SIZE, check_call
 from ._chunked import causal_step
 from ._directions import unit
 from ._logits import check_default_logits, deviation_logits, running_mean_logits
+from ._merge import merge_states
 from ._state import State
 from ._validate import Inputs, check_inputs
 from ._varlen import host_offsets
@@ -57,6 +58,7 @@ __all__ = [
     "check_inputs",
     "deviation_logits",
     "host_offsets",
+    "merge_states",
     "running_mean_logits",
     "unit",
 ]

@@ -75,13 +75,19 @@ import itertools
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from zeros_machine import blas_limitable, cpus
-from zeros_ref.kernel import State, check_call, check_default_logits, deviation_logits
+from zeros_ref.kernel import (
+    State,
+    check_call,
+    check_default_logits,
+    deviation_logits,
+    merge_states,
+)
 
 from .bidirectional import bidirectional_rows
 from .chunk import Workspace
@@ -120,7 +126,7 @@ class NumpyBackend:
 
     name = "numpy"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits", "varlen"})
+    features = frozenset({"bidirectional", "state", "default_logits", "varlen", "merge"})
     device = "cpu"
 
     def __init__(self, *, chunk_size: int = 64, slab_size: int = 8,
@@ -222,6 +228,11 @@ class NumpyBackend:
         if return_state:
             return out, end.with_batch(np, batch)
         return out
+
+    def merge_states(self, states: Sequence[State]) -> State:
+        """The state of the concatenation of pieces from their states, in sequence order
+        (spec 5.3): the reference's merge, which runs on NumPy arrays as it is."""
+        return merge_states(states)
 
     # -- causal ---------------------------------------------------------------------------------
 

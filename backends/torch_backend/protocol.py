@@ -23,7 +23,7 @@ this module adds:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,7 @@ class TorchBackend:
 
     dtypes = ("float16", "bfloat16", "float32", "float64")
     features = frozenset({"bidirectional", "state", "default_logits", "grad", "layer",
-                          "varlen"})
+                          "varlen", "merge"})
 
     def __init__(self, device: str = "cpu", *, name: str | None = None,
                  chunk_size: int | None = None, slab_size: int | None = None) -> None:
@@ -181,6 +181,12 @@ class TorchBackend:
         `chunked` (`chunked.slabs` with this backend's `slab_size`); a subclass with kernels
         of its own returns theirs."""
         return None
+
+    def merge_states(self, states: Sequence[zeros_ref.State]) -> zeros_ref.State:
+        """The state of the concatenation of pieces from their states, in sequence order
+        (spec 5.3): the reference's merge on the states' tensors, differentiable and on their
+        device."""
+        return zeros_ref.merge_states(states)
 
     def layer(
         self,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import protocol
 from .._harness import (
     Context,
     Measurement,
@@ -104,3 +105,56 @@ def mismatched_state_is_rejected(ctx: Context) -> Iterator[Measurement]:
                  (ValueError,), "state", {"causal": False, "state": "given"})
     yield raises(lambda: ctx.attention(q, k, v, logits=s, causal=False, return_state=True),
                  (ValueError,), "return_state", {"causal": False, "return_state": True})
+
+
+def merged_then_continued(ctx: Context, inputs: dict[str, Any], dtype: str, cuts: list[int],
+                          n: int, tree: str) -> np.ndarray:
+    """One call on the first n tokens, then the rest continued from the merge of the
+    states of the pieces between `cuts` (each piece from the empty state): "flat" merges
+    all at once, "halves" the merges of each half, "right" nests to the right."""
+    b = ctx.backend
+    merge = protocol.merge_states(b)
+
+    def arrays(a: int, z: int) -> dict[str, Any]:
+        return {name: b.from_numpy(value, dtype) if isinstance(value, np.ndarray) else value
+                for name, value in tokens(inputs, a, z).items()}
+
+    def call(piece: dict[str, Any], **options: Any) -> Any:
+        q, k, v = piece.pop("q"), piece.pop("k"), piece.pop("v")
+        return ctx.attention(q, k, v, **piece, causal=True, **options)
+
+    states = [call(arrays(a, z), return_state=True)[1]
+              for a, z in pairwise([0, *cuts, n])]
+    if tree == "halves":
+        half = len(states) // 2
+        merged = merge([merge(states[:half]), merge(states[half:])])
+    elif tree == "right":
+        merged = states[-1]
+        for st in reversed(states[:-1]):
+            merged = merge([st, merged])
+    else:
+        merged = merge(states)
+    head = call(arrays(0, n))
+    tail = call(arrays(n, inputs["q"].shape[-2]), state=merged)
+    return np.concatenate([as_numpy(ctx, head), as_numpy(ctx, tail)], axis=-2)
+
+
+@check("ZS-STREAM-MERGE")
+def merged_states_continue_one_call(ctx: Context) -> Iterator[Measurement]:
+    """Pieces (one empty, one whose logits sit 1e4 above the others') summarised apart and
+    merged three ways, then 9 tokens continued from the merge, with gates that read G."""
+    rng = ctx.rng("merge")
+    n, tail = 120, 9
+    for dtype in ctx.dtypes:
+        for shift in (0.0, 1e4):
+            inputs = random_inputs(rng, (2,), n + tail, 5, 4)
+            cuts = sorted(int(c) for c in rng.integers(1, n, size=3))
+            cuts = [cuts[0], cuts[0], *cuts[1:]]  # an empty second piece
+            inputs["logits"][..., cuts[1]:cuts[2]] += shift
+            for tree in ("flat", "halves", "right"):
+                yield agreement(
+                    ctx, inputs, dtype,
+                    run=lambda i=inputs, d=dtype, c=cuts, t=tree: merged_then_continued(
+                        ctx, i, d, c, n, t),
+                    case=describe(inputs, dtype=dtype, cuts=cuts, tail=tail, shift=shift,
+                                  merge=tree))
