@@ -185,11 +185,13 @@ PUBLIC = {
     "DEFAULT_CHUNK_SIZE", "SPEC_VERSION", "State", "__version__", "attention",
     "explicit_attention", "weights", "deviation_logits", "quadratic_logits", "mean_logits",
     "rope", "kernel", "layer", "LayerState", "PARAMETERS", "random_layer_params",
+    "merge_states",
 }
 
 KERNEL = {
     "DEFAULT_CHUNK_SIZE", "Inputs", "State", "causal_step", "check_call", "check_default_logits",
     "check_inputs", "deviation_logits", "host_offsets", "running_mean_logits", "unit",
+    "merge_states", "append",
 }
 
 

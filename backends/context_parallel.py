@@ -1,0 +1,180 @@
+"""Context parallelism: one causal sequence split over the ranks of a `torch.distributed`
+group (spec 5.3).
+
+Each rank holds a contiguous slice of the sequence, rank r the r-th slice, and gets the
+outputs of its slice. Only states cross ranks, a few D x Dv matrices per row however long
+the slices are:
+
+1. default logits only: one all-gather of every rank's key sum and count (D + 1 numbers a
+   row), from which each rank forms its slice's logits as one call on the whole would;
+2. a state pass: the state of the rank's slice from the empty state (`kernel.append`, no
+   outputs);
+3. one all-gather of the P states;
+4. each rank merges the states of the ranks before it (`kernel.merge_states`, the exclusive
+   merge) and runs its slice from that state with the backend's chunk form.
+
+With ``return_state`` every rank also merges all P states: the state after the whole
+sequence. The all-gathers are differentiable (`_AllGather`: the backward pass all-reduces
+the gradients of the gathered states), so gradients equal those of one call on the whole,
+and the whole sequence is never gathered. The slices may be uneven, and empty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from array_api_compat import array_namespace
+
+import zeros_ref
+from zeros_ref import kernel
+
+__all__ = ["attention", "bytes_sent"]
+
+_SENT = [0]
+"""Bytes of the tensors this process gave to the collectives in its last `attention` call."""
+
+
+def bytes_sent() -> int:
+    """Bytes of the tensors this process gave to the collectives (forward pass) in its last
+    call of `attention`: independent of the slice's length."""
+    return _SENT[0]
+
+
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` as (P, *x.shape), differentiable: the gradient of a rank's tensor is the
+    sum over ranks of the gradients of its gathered copy (one all-reduce)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        _SENT[0] += x.numel() * x.element_size()
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[dist.get_rank(ctx.group)], None
+
+
+def _gathered(x: torch.Tensor, group: Any) -> torch.Tensor:
+    return _AllGather.apply(x, group)
+
+
+_FLOATS = ("running_max", "mean_offset", "normaliser", "key_sum", "kv")
+"""The floating fields of a `State`, in the order they travel."""
+
+
+def _pack(state: zeros_ref.State, rows: int) -> torch.Tensor:
+    """The state's floating fields as one (R, 3 + D + 3 D Dv) tensor."""
+    return torch.cat([getattr(state, name).reshape(rows, -1) for name in _FLOATS], dim=1)
+
+
+def _unpack(packed: torch.Tensor, like: zeros_ref.State, length: int) -> zeros_ref.State:
+    """The inverse of `_pack` for a state shaped as `like`, of `length` tokens."""
+    batch = like.running_max.shape  # *B
+    fields, at = {}, 0
+    for name in _FLOATS:
+        shape = getattr(like, name).shape
+        size = math.prod(shape[len(batch):])
+        fields[name] = packed[:, at:at + size].reshape(shape)
+        at += size
+    return zeros_ref.State(length=length, **fields)
+
+
+def _nothing_from(x: torch.Tensor) -> torch.Tensor:
+    """A zero like `x` that is a function of it: a gradient reaches x (as zeros), and no NaN
+    or infinity of x reaches the result."""
+    return torch.where(torch.zeros_like(x, dtype=torch.bool), x, 0.0)
+
+
+def _anchored(out: torch.Tensor, gathered: list[torch.Tensor]) -> torch.Tensor:
+    """`out` of an empty slice, made a function of the gathered tensors: the backward pass of
+    every rank must reach every all-gather, whose backward is a collective."""
+    return out + sum(_nothing_from(g).sum() for g in gathered)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+              logits: torch.Tensor | None = None, first: Any = 1.0, higher: Any = 1.0,
+              zero: Any = 0.0, causal: bool = True, group: Any = None,
+              return_state: bool = False, backend: Any = None) -> Any:
+    """ZeroS attention of a sequence split over the ranks of `group`.
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        (*B, n_r, D): this rank's slice, the r-th of the sequence for rank r of `group`.
+    v : torch.Tensor
+        (*B, n_r, Dv).
+    logits, first, higher, zero
+        As for `zeros_ref.attention`, this rank's slice of each ((*B, n_r) or a number);
+        ``logits=None`` takes the default logits of the whole sequence.
+    causal : bool
+        Only causal attention is split so far; ``False`` raises `NotImplementedError`.
+    group : ProcessGroup or None
+        The ranks that share the sequence; None: the default group.
+    return_state : bool
+        Also return the state after the whole sequence (the same on every rank).
+    backend : TorchBackend or None
+        What computes the slice; None: the torch backend of the tensors' device.
+
+    Returns
+    -------
+    torch.Tensor, or (torch.Tensor, State)
+        This rank's outputs (*B, n_r, Dv), and with `return_state` the whole's state.
+    """
+    if not causal:
+        raise NotImplementedError("`causal=False`: bidirectional context parallelism is not "
+                                  "implemented yet")
+    if backend is None:
+        from zeros_backends.torch_backend import CudaTorchBackend, TorchBackend
+        backend = (TorchBackend() if q.device.type == "cpu"
+                   else CudaTorchBackend(str(q.device)))
+    _SENT[0] = 0
+    inp, empty = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
+                                   zero=zero, causal=True, state=None, return_state=True)
+    rows, n = math.prod(inp.batch), inp.n
+    ranks, rank = dist.get_world_size(group), dist.get_rank(group)
+    counts = torch.tensor([n], dtype=torch.int64, device=q.device)
+    parts = [torch.empty_like(counts) for _ in range(ranks)]
+    dist.all_gather(parts, counts, group=group)
+    _SENT[0] += counts.numel() * counts.element_size()
+    lengths = [int(x) for x in parts]
+    before = sum(lengths[:rank])
+    xp = array_namespace(q)
+    k_c, v_c = inp.k, inp.v
+    gathered = []  # what every rank's backward pass must reach (see `_anchored`)
+    if inp.logits is None:  # 1. the key sums before this slice
+        sums = _gathered(k_c.sum(dim=-2).reshape(rows, -1), group)  # (P, R, D)
+        gathered.append(sums)
+        prior = sums[:rank].sum(dim=0).reshape(*inp.batch, -1)
+        s = kernel.running_mean_logits(xp, k_c, prior, 1.0 + before)
+        kernel.check_default_logits(xp, s, k_c, prior)
+    else:
+        s = inp.logits
+    # 2. the slice's own state, from the empty state
+    if n:
+        mine = _pack(kernel.append(xp, empty, k_c, v_c, s), rows)
+    else:  # the empty state, a function of the (empty) inputs all the same
+        mine = _pack(empty, rows) + sum(_nothing_from(x).sum() for x in (k_c, v_c, s))
+    # 3. every rank's state; 4. the exclusive merge, then the slice from it
+    states = _gathered(mine, group)  # (P, R, width)
+    gathered.append(states)
+    pieces = [_unpack(states[j], empty, lengths[j]) for j in range(ranks)]
+    # Rank 0 starts empty, yet from the gathered tensor, so that every rank's backward pass
+    # reaches the all-gather and joins its all-reduce (zero gradients, and no NaN from it).
+    start = (kernel.merge_states(pieces[:rank]) if rank else
+             _unpack(_nothing_from(states[0]), empty, 0))
+    out = backend.attention(q, k, v, logits=s.to(q.dtype) if logits is None else logits,
+                            first=first, higher=higher, zero=zero, state=start)
+    if n == 0:
+        out = _anchored(out, gathered)
+    if not return_state:
+        return out
+    return out, kernel.merge_states(pieces)
