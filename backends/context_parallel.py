@@ -1,5 +1,5 @@
-"""Context parallelism: one causal sequence split over the ranks of a `torch.distributed`
-group (spec 5.3).
+"""Context parallelism: one sequence split over the ranks of a `torch.distributed` group
+(spec 5.3).
 
 Each rank holds a contiguous slice of the sequence, rank r the r-th slice, and gets the
 outputs of its slice. Only states cross ranks, a few D x Dv matrices per row however long
@@ -14,9 +14,13 @@ the slices are:
    merge) and runs its slice from that state with the backend's chunk form.
 
 With ``return_state`` every rank also merges all P states: the state after the whole
-sequence. The all-gathers are differentiable (`_AllGather`: the backward pass all-reduces
-the gradients of the gathered states), so gradients equal those of one call on the whole,
-and the whole sequence is never gathered. The slices may be uneven, and empty.
+sequence. Bidirectional attention (spec 4.3) merges all P states on every rank and reads
+the whole sequence's state with each query (its default logits take the mean of all keys
+from the gathered key sums).
+
+The all-gathers are differentiable (`_AllGather`: the backward pass all-reduces the
+gradients of the gathered states), so gradients equal those of one call on the whole, and
+the whole sequence is never gathered. The slices may be uneven, and empty.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         As for `zeros_ref.attention`, this rank's slice of each ((*B, n_r) or a number);
         ``logits=None`` takes the default logits of the whole sequence.
     causal : bool
-        Only causal attention is split so far; ``False`` raises `NotImplementedError`.
+        Causal (spec 4.2), or bidirectional (spec 4.3: every query reads the merged state of
+        the whole sequence).
     group : ProcessGroup or None
         The ranks that share the sequence; None: the default group.
     return_state : bool
@@ -129,14 +134,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     torch.Tensor, or (torch.Tensor, State)
         This rank's outputs (*B, n_r, Dv), and with `return_state` the whole's state.
     """
-    if not causal:
-        raise NotImplementedError("`causal=False`: bidirectional context parallelism is not "
-                                  "implemented yet")
+    if return_state and not causal:
+        raise ValueError("`return_state` needs causal=True: bidirectional attention has no "
+                         "state to continue")
     if backend is None:
         from zeros_backends.torch_backend import CudaTorchBackend, TorchBackend
         backend = (TorchBackend() if q.device.type == "cpu"
                    else CudaTorchBackend(str(q.device)))
     _SENT[0] = 0
+    # (validated as causal whatever the mode, for the empty state its pieces start from)
     inp, empty = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
                                    zero=zero, causal=True, state=None, return_state=True)
     rows, n = math.prod(inp.batch), inp.n
@@ -153,9 +159,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if inp.logits is None:  # 1. the key sums before this slice
         sums = _gathered(k_c.sum(dim=-2).reshape(rows, -1), group)  # (P, R, D)
         gathered.append(sums)
-        prior = sums[:rank].sum(dim=0).reshape(*inp.batch, -1)
-        s = kernel.running_mean_logits(xp, k_c, prior, 1.0 + before)
-        kernel.check_default_logits(xp, s, k_c, prior)
+        if causal:  # the running mean of the keys, from the key sum before the slice
+            prior = sums[:rank].sum(dim=0).reshape(*inp.batch, -1)
+            s = kernel.running_mean_logits(xp, k_c, prior, 1.0 + before)
+            kernel.check_default_logits(xp, s, k_c, prior)
+        else:  # the mean of every key of the sequence
+            mean = sums.sum(dim=0).reshape(*inp.batch, 1, -1) / (1.0 + sum(lengths))
+            s = -(k_c * mean).sum(dim=-1) / math.sqrt(k_c.shape[-1])
+            kernel.check_default_logits(xp, s, k_c)
     else:
         s = inp.logits
     # 2. the slice's own state, from the empty state
@@ -167,6 +178,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     states = _gathered(mine, group)  # (P, R, width)
     gathered.append(states)
     pieces = [_unpack(states[j], empty, lengths[j]) for j in range(ranks)]
+    if not causal:  # every query reads the whole sequence's state (spec 4.3)
+        whole = kernel.merge_states(pieces)
+        out = kernel.read_whole(xp, whole, inp.q, (inp.first, inp.higher, inp.zero))
+        out = out.to(q.dtype)
+        return _anchored(out, gathered) if n == 0 else out
     # Rank 0 starts empty, yet from the gathered tensor, so that every rank's backward pass
     # reaches the all-gather and joins its all-reduce (zero gradients, and no NaN from it).
     start = (kernel.merge_states(pieces[:rank]) if rank else

@@ -26,6 +26,7 @@ class Case(NamedTuple):
     shift: float = 0.0
     dtype: torch.dtype = torch.float64
     tolerance: float = 1e-10
+    causal: bool = True
 
 
 def cases(ranks: int) -> list[Case]:
@@ -34,7 +35,9 @@ def cases(ranks: int) -> list[Case]:
     uneven = (10, 0, 50, 36)[:ranks] if ranks > 2 else (0, 70)
     return [Case(even), Case(uneven, shifted=ranks - 1, shift=1e4),
             Case(uneven, default_logits=True), Case(even, default_logits=True),
-            Case(even, shifted=0, shift=1e4, dtype=torch.float32, tolerance=1e-4)]
+            Case(even, shifted=0, shift=1e4, dtype=torch.float32, tolerance=1e-4),
+            Case(uneven, shifted=0, shift=1e4, causal=False),
+            Case(uneven, default_logits=True, causal=False)]
 
 
 def _inputs(case: Case, seed: int) -> dict[str, torch.Tensor]:
@@ -55,17 +58,18 @@ def _inputs(case: Case, seed: int) -> dict[str, torch.Tensor]:
     return {name: t.to(case.dtype) for name, t in x.items()}
 
 
-def _run(backend: Any, x: dict[str, torch.Tensor],
+def _run(backend: Any, x: dict[str, torch.Tensor], causal: bool,
          group_call: bool) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
     """Outputs, state and gradients of `sum(out * cot)`."""
     leaves = {name: t.clone().requires_grad_(True) for name, t in x.items()
               if name in ("q", "k", "v", "logits")}
-    options = {"logits": leaves.get("logits"), "first": x["first"], "return_state": True}
+    options = {"logits": leaves.get("logits"), "first": x["first"], "causal": causal,
+               "return_state": causal}
+    call = context_parallel.attention if group_call else backend.attention
     if group_call:
-        out, state = context_parallel.attention(leaves["q"], leaves["k"], leaves["v"],
-                                                backend=backend, **options)
-    else:
-        out, state = backend.attention(leaves["q"], leaves["k"], leaves["v"], **options)
+        options["backend"] = backend
+    result = call(leaves["q"], leaves["k"], leaves["v"], **options)
+    out, state = result if causal else (result, None)
     (out * x["cot"]).sum().backward()
     return out.detach(), state, {name: t.grad for name, t in leaves.items()}
 
@@ -84,13 +88,15 @@ def check(case: Case, rank: int, seed: int) -> int:
     a = sum(case.lengths[:rank])
     z = a + case.lengths[rank]
     mine = {name: t[:, a:z] for name, t in x.items()}
-    out, state, grads = _run(backend, mine, group_call=True)
+    out, state, grads = _run(backend, mine, case.causal, group_call=True)
     sent = context_parallel.bytes_sent()
-    want_out, want_state, want_grads = _run(backend, x, group_call=False)
+    want_out, want_state, want_grads = _run(backend, x, case.causal, group_call=False)
     label = f"rank {rank} {case}"
     _close(f"{label} outputs", out, want_out[:, a:z], case.tolerance)
     for name, grad in grads.items():
         _close(f"{label} d{name}", grad, want_grads[name][:, a:z], case.tolerance)
+    if not case.causal:
+        return sent
     assert state.length == want_state.length, f"{label}: length {state.length}"
     for name in FIELDS:
         _close(f"{label} state {name}", getattr(state, name).detach(),

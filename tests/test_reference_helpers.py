@@ -191,7 +191,7 @@ PUBLIC = {
 KERNEL = {
     "DEFAULT_CHUNK_SIZE", "Inputs", "State", "causal_step", "check_call", "check_default_logits",
     "check_inputs", "deviation_logits", "host_offsets", "running_mean_logits", "unit",
-    "merge_states", "append",
+    "merge_states", "append", "read_whole",
 }
 
 

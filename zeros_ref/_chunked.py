@@ -125,6 +125,13 @@ def absorb(xp: Any, state: State, st: PrefixStats, k: Any, kh: Any, v: Any,
                  key_sum=state.key_sum + xp.sum(k, axis=-2))
 
 
+def read_whole(xp: Any, state: State, q: Any, gates: tuple[Any, Any, Any]) -> Any:
+    """Bidirectional outputs of queries q (*B, R, D) that see every token `state` holds
+    (spec 4.3: t = n), with gates (*B, R) each. Returns (*B, R, Dv)."""
+    coef = coefficients(gates, float(state.length), state.normaliser[..., None])
+    return read(xp, state.kv, unit(xp, q), *coef)
+
+
 def append(xp: Any, state: State, k: Any, v: Any, s: Any) -> State:
     """The state after a chunk whose outputs are not wanted (spec 4.3): its statistics are
     those of one row that sees the whole chunk. Shapes: k (*B, C, D); v (*B, C, Dv); s (*B, C).
@@ -248,8 +255,7 @@ def run(xp: Any, inp: Inputs, state: State, *, causal: bool, chunk_size: int) ->
             state = append(xp, state, k, v, s)
     if not causal:
         for start, end in spans:
-            coef = coefficients(gates(start, end), float(n), state.normaliser[..., None])
-            outputs.append(read(xp, state.kv, unit(xp, inp.q[..., start:end, :]), *coef))
+            outputs.append(read_whole(xp, state, inp.q[..., start:end, :], gates(start, end)))
     if not outputs:
         dv = inp.v.shape[-1]
         return xp.zeros((*inp.batch, 0, dv), dtype=inp.v.dtype, device=device(inp.v)), state

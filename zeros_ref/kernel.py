@@ -13,9 +13,10 @@ are public and keep their meaning within a spec version:
     leading axes and to split and merge its rows.
 `causal_step`
     The exact chunk step of spec 4.2: outputs of one chunk and the state after it.
-`append`, `merge_states`
-    The state after tokens whose outputs are not wanted, and the state of a concatenation
-    from its pieces' states (spec 5.3): what context parallelism needs.
+`append`, `merge_states`, `read_whole`
+    The state after tokens whose outputs are not wanted, the state of a concatenation from
+    its pieces' states (spec 5.3), and the bidirectional outputs of queries reading a
+    whole sequence's state (spec 4.3): what context parallelism needs.
 `unit`
     Unit directions along the last axis, exact for any finite scale, zero for zero vectors.
 `host_offsets`
@@ -43,7 +44,7 @@ ValueError: `k` must have the same last axis as `q`; got 3 and 4
 """
 
 from ._attention import DEFAULT_CHUNK_SIZE, check_call
-from ._chunked import append, causal_step
+from ._chunked import append, causal_step, read_whole
 from ._directions import unit
 from ._logits import check_default_logits, deviation_logits, running_mean_logits
 from ._merge import merge_states
@@ -63,6 +64,7 @@ __all__ = [
     "deviation_logits",
     "host_offsets",
     "merge_states",
+    "read_whole",
     "running_mean_logits",
     "unit",
 ]
