@@ -26,6 +26,8 @@ the whole sequence is never gathered. The slices may be uneven, and empty.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,7 +37,7 @@ from array_api_compat import array_namespace
 import zeros_ref
 from zeros_ref import kernel
 
-__all__ = ["attention", "bytes_sent"]
+__all__ = ["attention", "bytes_sent", "layer"]
 
 _SENT = [0]
 """Bytes of the tensors this process gave to the collectives in its last `attention` call."""
@@ -69,6 +71,15 @@ class _AllGather(torch.autograd.Function):
 
 def _gathered(x: torch.Tensor, group: Any) -> torch.Tensor:
     return _AllGather.apply(x, group)
+
+
+def _lengths(n: int, device: torch.device, group: Any) -> list[int]:
+    """Every rank's slice length, in rank order (one all-gather of one integer)."""
+    count = torch.tensor([n], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, count, group=group)
+    _SENT[0] += count.numel() * count.element_size()
+    return [int(x) for x in parts]
 
 
 _FLOATS = ("running_max", "mean_offset", "normaliser", "key_sum", "kv")
@@ -138,20 +149,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         raise ValueError("`return_state` needs causal=True: bidirectional attention has no "
                          "state to continue")
     if backend is None:
-        from zeros_backends.torch_backend import CudaTorchBackend, TorchBackend
-        backend = (TorchBackend() if q.device.type == "cpu"
-                   else CudaTorchBackend(str(q.device)))
+        backend = _default_backend(q)
     _SENT[0] = 0
     # (validated as causal whatever the mode, for the empty state its pieces start from)
     inp, empty = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
                                    zero=zero, causal=True, state=None, return_state=True)
     rows, n = math.prod(inp.batch), inp.n
     ranks, rank = dist.get_world_size(group), dist.get_rank(group)
-    counts = torch.tensor([n], dtype=torch.int64, device=q.device)
-    parts = [torch.empty_like(counts) for _ in range(ranks)]
-    dist.all_gather(parts, counts, group=group)
-    _SENT[0] += counts.numel() * counts.element_size()
-    lengths = [int(x) for x in parts]
+    lengths = _lengths(n, q.device, group)
     before = sum(lengths[:rank])
     xp = array_namespace(q)
     k_c, v_c = inp.k, inp.v
@@ -194,3 +199,48 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if not return_state:
         return out
     return out, kernel.merge_states(pieces)
+
+
+def layer(x: torch.Tensor, params: Mapping[str, torch.Tensor], *, heads: int,
+          first_layer: bool = False, rope: str | None = "half", norm: bool = True,
+          group: Any = None, backend: Any = None) -> torch.Tensor:
+    """The causal ZeroS layer (spec 13) of a sequence split over the ranks of `group`.
+
+    x (*B, n_r, Dm) is this rank's slice, the r-th for rank r; the result is its slice of
+    the layer's output. What the layer's glue reads of the prefix comes from the ranks
+    before: the RoPE positions start at the rank's first token, and the deviation logits'
+    prior takes the sum of the earlier slices' radial projections, ``(sum x) W_u + n b_u``
+    by linearity (one differentiable all-gather of Dm numbers a row). The core runs as
+    `attention` does. Parameters and options as `zeros_ref.layer`.
+    """
+    _SENT[0] = 0
+    if backend is None:
+        backend = _default_backend(x)
+    batch, n, dm = tuple(x.shape[:-2]), x.shape[-2], x.shape[-1]
+    d, rank = dm // heads, dist.get_rank(group)
+    lengths = _lengths(n, x.device, group)
+    before = sum(lengths[:rank])
+    compute = torch.float32 if torch.finfo(x.dtype).bits < 32 else x.dtype
+    sums = _gathered(x.to(compute).sum(dim=-2).reshape(-1, dm), group)  # (P, R, Dm)
+    prior = sums[:rank].sum(dim=0) @ params["wu"].to(compute) + before * params["bu"].to(compute)
+    u_sum = prior.reshape(*batch, heads, d)  # the radial projections before the slice
+    empty = zeros_ref.State.empty(torch, (*batch, heads), d, d, dtype=compute, device=x.device)
+    prefix = zeros_ref.LayerState(core=replace(empty, length=before), u_sum=u_sum)
+    sent = _SENT[0]
+
+    def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, state: Any,
+             **options: Any) -> torch.Tensor:
+        """The core over the ranks (the prefix's state comes from them, not from `state`)."""
+        out = attention(q, k, v, group=group, backend=backend, **options)
+        _SENT[0] += sent
+        return out
+
+    return zeros_ref.layer(x, params, heads=heads, causal=True, first_layer=first_layer,
+                           rope=rope, norm=norm, state=prefix, attention=core)
+
+
+def _default_backend(x: torch.Tensor) -> Any:
+    """The torch backend of the tensor's device."""
+    from zeros_backends.torch_backend import CudaTorchBackend, TorchBackend
+    return TorchBackend() if x.device.type == "cpu" else CudaTorchBackend(str(x.device))
+

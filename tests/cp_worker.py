@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from zeros_backends import context_parallel
-from zeros_backends.torch_backend import TorchBackend
+from zeros_backends.torch_backend import TorchBackend, ZeroSAttention
 
 FIELDS = ("running_max", "mean_offset", "normaliser", "kv", "key_sum")
 
@@ -104,6 +104,33 @@ def check(case: Case, rank: int, seed: int) -> int:
     return sent
 
 
+def check_layer(rank: int, lengths: tuple[int, ...], seed: int) -> None:
+    """`ZeroSAttention` on this rank's slice with `cp_group` against the layer on the whole:
+    outputs, the gradient of x, and the parameters' gradients summed over the ranks."""
+    torch.manual_seed(seed)
+    module = ZeroSAttention(8, 2, first_layer=True, seed=seed, dtype=torch.float64)
+    x = torch.randn(2, sum(lengths), 8, dtype=torch.float64)
+    cot = torch.randn_like(x)
+    a = sum(lengths[:rank])
+    z = a + lengths[rank]
+    mine = x[:, a:z].clone().requires_grad_(True)
+    out = module(mine, cp_group=dist.group.WORLD)
+    (out * cot[:, a:z]).sum().backward()
+    grads = {name: torch.zeros_like(p) if p.grad is None else p.grad.clone()  # empty slice
+             for name, p in module.named_parameters()}
+    for grad in grads.values():
+        dist.all_reduce(grad)
+    module.zero_grad()
+    whole = x.clone().requires_grad_(True)
+    want = module(whole)
+    (want * cot).sum().backward()
+    label = f"rank {rank} layer {lengths}"
+    _close(f"{label} outputs", out.detach(), want.detach()[:, a:z], 1e-10)
+    _close(f"{label} dx", mine.grad, whole.grad[:, a:z], 1e-10)
+    for name, p in module.named_parameters():
+        _close(f"{label} d{name}", grads[name], p.grad, 1e-10)
+
+
 def main(rank: int, ranks: int, init_file: str, seed: int, lengths: tuple[int, ...]) -> None:
     """The spawned process: the cases, then the bytes sent at two slice lengths."""
     torch.set_num_threads(1)
@@ -112,6 +139,8 @@ def main(rank: int, ranks: int, init_file: str, seed: int, lengths: tuple[int, .
     try:
         for j, case in enumerate(cases(ranks)):
             check(case, rank, seed + j)
+            if j < 2:  # the layer over even slices, then uneven ones with an empty one
+                check_layer(rank, case.lengths, seed + j)
         sent = []
         for n in lengths:  # the bytes of the forward pass, at slices of n tokens
             q = k = v = torch.zeros(2, n, 5, dtype=torch.float32)

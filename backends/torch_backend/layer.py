@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import zeros_ref
+from zeros_backends import context_parallel
 
 from .protocol import TorchBackend
 
@@ -69,14 +70,26 @@ class ZeroSAttention(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in {"dim": self.dim, **self.options}.items())
 
     def forward(self, x: torch.Tensor, *, state: zeros_ref.LayerState | None = None,
-                return_state: bool = False, cu_seqlens: torch.Tensor | None = None) -> Any:
+                return_state: bool = False, cu_seqlens: torch.Tensor | None = None,
+                cp_group: Any = None) -> Any:
         """The layer on `x`; with `return_state`, also the `zeros_ref.LayerState` to continue
         from. `cu_seqlens` (S + 1,) packs S sequences along the time axis (spec 5.2,
         ZS-LAYER-VARLEN): RoPE positions, prior means and the core restart at each, and a
-        state holds one per sequence."""
+        state holds one per sequence. With `cp_group` (a `torch.distributed` process group,
+        e.g. ``dist.group.WORLD``) x is this rank's slice of one causal sequence split over
+        the group's ranks in order (context parallelism, `context_parallel.layer`)."""
         params = {name: getattr(self, name) for name in zeros_ref.PARAMETERS}
-        return _backend(str(x.device)).layer(x, params, **self.options, state=state,
-                                             return_state=return_state, cu_seqlens=cu_seqlens)
+        backend = _backend(str(x.device))
+        if cp_group is not None:
+            if state is not None or return_state or cu_seqlens is not None:
+                raise ValueError("`cp_group` takes no `state`, `return_state` or `cu_seqlens`")
+            if not self.options["causal"]:
+                raise ValueError("`cp_group` needs a causal layer")
+            options = {k: v for k, v in self.options.items() if k != "causal"}
+            return context_parallel.layer(x, params, **options, group=cp_group,
+                                          backend=backend)
+        return backend.layer(x, params, **self.options, state=state,
+                             return_state=return_state, cu_seqlens=cu_seqlens)
 
 
 def to_params(module: ZeroSAttention) -> dict[str, np.ndarray]:
