@@ -27,34 +27,36 @@ def _slot(state: State, slot: int) -> np.ndarray:
     return state.kv[..., slot, :, :]
 
 
-class Unframed(ReferenceBackend):
+class _Spoilt(ReferenceBackend):
+    """The correct merge of each pair, then `spoilt` undoes one of its steps."""
+
+    def merge_states(self, states: Sequence[State]) -> State:
+        return reduce(lambda a, b: self.spoilt(zeros_ref.merge_states([a, b]), a, b), states)
+
+    def spoilt(self, merged: State, a: State, b: State) -> State:
+        raise NotImplementedError
+
+
+class Unframed(_Spoilt):
     """F and E summed without the frame change exp(m_x - M)."""
 
     name = "unframed-merge"
 
-    def merge_states(self, states: Sequence[State]) -> State:
-        def pair(a: State, b: State) -> State:
-            merged = zeros_ref.merge_states([a, b])
-            kv = merged.kv.copy()
-            kv[..., State.F, :, :] = _slot(a, State.F) + _slot(b, State.F)
-            return replace(merged, kv=kv, normaliser=a.normaliser + b.normaliser)
-
-        return reduce(pair, states)
+    def spoilt(self, merged: State, a: State, b: State) -> State:
+        kv = merged.kv.copy()
+        kv[..., State.F, :, :] = _slot(a, State.F) + _slot(b, State.F)
+        return replace(merged, kv=kv, normaliser=a.normaliser + b.normaliser)
 
 
-class UnmovedG(ReferenceBackend):
+class UnmovedG(_Spoilt):
     """G summed about each piece's own mean."""
 
     name = "unmoved-g-merge"
 
-    def merge_states(self, states: Sequence[State]) -> State:
-        def pair(a: State, b: State) -> State:
-            merged = zeros_ref.merge_states([a, b])
-            kv = merged.kv.copy()
-            kv[..., State.G, :, :] = _slot(a, State.G) + _slot(b, State.G)
-            return replace(merged, kv=kv)
-
-        return reduce(pair, states)
+    def spoilt(self, merged: State, a: State, b: State) -> State:
+        kv = merged.kv.copy()
+        kv[..., State.G, :, :] = _slot(a, State.G) + _slot(b, State.G)
+        return replace(merged, kv=kv)
 
 
 unframed = Unframed()
