@@ -110,21 +110,25 @@ def _nothing_from(x: torch.Tensor) -> torch.Tensor:
 
 
 def _anchored(out: torch.Tensor, gathered: list[torch.Tensor]) -> torch.Tensor:
-    """`out` of an empty slice, made a function of the gathered tensors: the backward pass of
-    every rank must reach every all-gather, whose backward is a collective."""
+    """`out` made a function of the gathered tensors (with zero weight). The backward pass
+    of every rank must reach every collective of the forward pass, whose backward is a
+    collective too, in the same order: so the output depends on every collective's result,
+    also where its values do not (an empty slice, a rank whose sequences all start on it),
+    and each collective's input on the results of those before it."""
     return out + sum(_nothing_from(g).sum() for g in gathered)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               logits: torch.Tensor | None = None, first: Any = 1.0, higher: Any = 1.0,
               zero: Any = 0.0, causal: bool = True, group: Any = None,
+              cu_seqlens: torch.Tensor | None = None, state: zeros_ref.State | None = None,
               return_state: bool = False, backend: Any = None) -> Any:
-    """ZeroS attention of a sequence split over the ranks of `group`.
+    """ZeroS attention of a sequence, or a packed batch, split over the ranks of `group`.
 
     Parameters
     ----------
     q, k : torch.Tensor
-        (*B, n_r, D): this rank's slice, the r-th of the sequence for rank r of `group`.
+        (*B, n_r, D): this rank's slice, the r-th of the tokens for rank r of `group`.
     v : torch.Tensor
         (*B, n_r, Dv).
     logits, first, higher, zero
@@ -132,22 +136,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         ``logits=None`` takes the default logits of the whole sequence.
     causal : bool
         Causal (spec 4.2), or bidirectional (spec 4.3: every query reads the merged state of
-        the whole sequence).
+        the whole sequence; not with `cu_seqlens`, `state` or `return_state`).
     group : ProcessGroup or None
-        The ranks that share the sequence; None: the default group.
+        The ranks that share the tokens; None: the default group.
+    cu_seqlens : torch.Tensor or None
+        (S + 1,) integer offsets of S sequences packed along the whole time axis (spec 5.2),
+        the same on every rank; a sequence may span several ranks.
+    state : State or None
+        The initial state (leading axes *B), or one per sequence ((S, *B), with
+        `cu_seqlens`), the same on every rank.
     return_state : bool
-        Also return the state after the whole sequence (the same on every rank).
+        Also return the state after the whole sequence, or every sequence's final state (the
+        same on every rank).
     backend : TorchBackend or None
         What computes the slice; None: the torch backend of the tensors' device.
 
     Returns
     -------
     torch.Tensor, or (torch.Tensor, State)
-        This rank's outputs (*B, n_r, Dv), and with `return_state` the whole's state.
+        This rank's outputs (*B, n_r, Dv), and with `return_state` the final state(s).
     """
-    if return_state and not causal:
-        raise ValueError("`return_state` needs causal=True: bidirectional attention has no "
-                         "state to continue")
+    if not causal and (return_state or state is not None or cu_seqlens is not None):
+        raise ValueError("`state`, `return_state` and `cu_seqlens` need causal=True here")
     if backend is None:
         backend = _default_backend(q)
     _SENT[0] = 0
@@ -157,48 +167,165 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     rows, n = math.prod(inp.batch), inp.n
     ranks, rank = dist.get_world_size(group), dist.get_rank(group)
     lengths = _lengths(n, q.device, group)
-    before = sum(lengths[:rank])
+    ends = [sum(lengths[:j + 1]) for j in range(ranks)]  # each rank's end on the time axis
+    before = ends[rank] - n
+    packed = cu_seqlens is not None
+    offsets = kernel.host_offsets(cu_seqlens) if packed else (0, ends[-1])
+    if offsets[-1] != ends[-1]:
+        raise ValueError(f"`cu_seqlens` must end at the ranks' {ends[-1]} tokens in all; got "
+                         f"{offsets[-1]}")
+    plan = _Plan(offsets, ends)
+    initial = _Initial(state, empty, packed)
     xp = array_namespace(q)
-    k_c, v_c = inp.k, inp.v
     gathered = []  # what every rank's backward pass must reach (see `_anchored`)
-    if inp.logits is None:  # 1. the key sums before this slice
-        sums = _gathered(k_c.sum(dim=-2).reshape(rows, -1), group)  # (P, R, D)
+    last = plan.last[rank]  # this rank's last sequence, whose piece may go on (or None)
+    tail = slice(max(offsets[last], before) - before, n) if last is not None else slice(0, 0)
+    k_t, v_t = inp.k[..., tail, :], inp.v[..., tail, :]
+    if inp.logits is None:  # 1. the key sums of the ranks' last pieces: the prior of mine
+        sums = _gathered(k_t.sum(dim=-2).reshape(rows, -1), group)  # (P, R, D)
         gathered.append(sums)
-        if causal:  # the running mean of the keys, from the key sum before the slice
-            prior = sums[:rank].sum(dim=0).reshape(*inp.batch, -1)
-            s = kernel.running_mean_logits(xp, k_c, prior, 1.0 + before)
-            kernel.check_default_logits(xp, s, k_c, prior)
-        else:  # the mean of every key of the sequence
-            mean = sums.sum(dim=0).reshape(*inp.batch, 1, -1) / (1.0 + sum(lengths))
-            s = -(k_c * mean).sum(dim=-1) / math.sqrt(k_c.shape[-1])
-            kernel.check_default_logits(xp, s, k_c)
+        if not causal:  # the mean of every key of the sequence
+            mean = sums.sum(dim=0).reshape(*inp.batch, 1, -1) / (1.0 + ends[-1])
+            s_t = -(k_t * mean).sum(dim=-1) / math.sqrt(k_t.shape[-1])
+            kernel.check_default_logits(xp, s_t, k_t)
+        prior = initial.of(last) if last is not None else empty
+        earlier = plan.earlier(rank, last)
+        prior_sum = prior.key_sum + sums[earlier].sum(dim=0).reshape(prior.key_sum.shape)
+        count = prior.length + sum(plan.piece(j) for j in earlier)
+        if causal:
+            s_t = kernel.running_mean_logits(xp, k_t, prior_sum, 1.0 + count)
+            kernel.check_default_logits(xp, s_t, k_t, prior_sum)
     else:
-        s = inp.logits
-    # 2. the slice's own state, from the empty state
-    if n:
-        mine = _pack(kernel.append(xp, empty, k_c, v_c, s), rows)
+        s_t = inp.logits[..., tail]
+    # 2. the state of this rank's last piece, from the empty state
+    if tail.stop > tail.start:
+        mine = _pack(kernel.append(xp, empty, k_t, v_t, s_t), rows)
     else:  # the empty state, a function of the (empty) inputs all the same
-        mine = _pack(empty, rows) + sum(_nothing_from(x).sum() for x in (k_c, v_c, s))
-    # 3. every rank's state; 4. the exclusive merge, then the slice from it
-    states = _gathered(mine, group)  # (P, R, width)
+        mine = _pack(empty, rows) + sum(_nothing_from(x).sum() for x in (k_t, v_t, s_t))
+    # 3. every rank's last piece; 4. the pieces of this rank's first sequence before it
+    states = _gathered(_anchored(mine, gathered), group)  # (P, R, width)
     gathered.append(states)
-    pieces = [_unpack(states[j], empty, lengths[j]) for j in range(ranks)]
+    pieces = [_unpack(states[j], empty, plan.piece(j)) for j in range(ranks)]
     if not causal:  # every query reads the whole sequence's state (spec 4.3)
         whole = kernel.merge_states(pieces)
         out = kernel.read_whole(xp, whole, inp.q, (inp.first, inp.higher, inp.zero))
-        out = out.to(q.dtype)
-        return _anchored(out, gathered) if n == 0 else out
-    # Rank 0 starts empty, yet from the gathered tensor, so that every rank's backward pass
-    # reaches the all-gather and joins its all-reduce (zero gradients, and no NaN from it).
-    start = (kernel.merge_states(pieces[:rank]) if rank else
-             _unpack(_nothing_from(states[0]), empty, 0))
-    out = backend.attention(q, k, v, logits=s.to(q.dtype) if logits is None else logits,
-                            first=first, higher=higher, zero=zero, state=start)
-    if n == 0:
-        out = _anchored(out, gathered)
+        return _anchored(out.to(q.dtype), gathered)
+    local = plan.local(rank)  # the sequences this rank holds tokens of
+    starts = [initial.of(j) for j in local]
+    if local:
+        starts[0] = kernel.merge_states([starts[0], *(pieces[j] for j in
+                                                      plan.earlier(rank, local[0]))])
+    options = {"logits": logits, "first": first, "higher": higher, "zero": zero}
+    if not packed:
+        out = backend.attention(q, k, v, **options, state=starts[0] if local else empty,
+                                return_state=return_state)
+    elif local:
+        cut = [max(offsets[j], before) - before for j in local] + [n]
+        out = backend.attention(q, k, v, **options, state=zeros_ref.State.stack(torch, starts),
+                                cu_seqlens=torch.tensor(cut, device=q.device),
+                                return_state=return_state)
+    else:
+        out = (inp.v[..., :0, :].to(q.dtype), None)
+    out, finals = out if return_state else (out, None)
+    out = _anchored(out, gathered)
     if not return_state:
         return out
-    return out, kernel.merge_states(pieces)
+    if not packed:  # the whole sequence's state: every piece merged
+        return out, kernel.merge_states([initial.of(0), *pieces])
+    return _final_states(out, finals, plan, initial, rank, group, gathered)
+
+
+class _Plan:
+    """Where the sequences of `offsets` lie across ranks ending at `ends` (time axis)."""
+
+    def __init__(self, offsets: tuple[int, ...], ends: list[int]) -> None:
+        self.offsets, self.ends = offsets, ends
+        self.last = [self._last(r) for r in range(len(ends))]
+
+    def _bounds(self, r: int) -> tuple[int, int]:
+        return (self.ends[r - 1] if r else 0), self.ends[r]
+
+    def local(self, r: int) -> list[int]:
+        """The sequences with tokens on rank r, in order."""
+        lo, hi = self._bounds(r)
+        o = self.offsets
+        return [j for j in range(len(o) - 1) if o[j] < hi and o[j + 1] > lo]
+
+    def _last(self, r: int) -> int | None:
+        local = self.local(r)
+        return local[-1] if local else None
+
+    def piece(self, r: int) -> int:
+        """The tokens of rank r's last piece."""
+        j = self.last[r]
+        lo, hi = self._bounds(r)
+        return 0 if j is None else hi - max(self.offsets[j], lo)
+
+    def earlier(self, r: int, j: int | None) -> list[int]:
+        """The ranks before r whose last piece is of sequence j (they hold its start)."""
+        return [p for p in range(r) if j is not None and self.last[p] == j]
+
+    def owner(self, j: int) -> int:
+        """The rank that holds sequence j's last token (rank 0 for an empty sequence)."""
+        o = self.offsets
+        if o[j + 1] == o[j]:
+            return 0
+        return next(r for r in range(len(self.ends)) if self.ends[r] >= o[j + 1])
+
+
+class _Initial:
+    """The initial state of each sequence: the given one, or the empty state."""
+
+    def __init__(self, state: zeros_ref.State | None, empty: zeros_ref.State,
+                 packed: bool) -> None:
+        self.state, self.empty, self.packed = state, empty, packed
+
+    def of(self, j: int) -> zeros_ref.State:
+        if self.state is None:
+            return self.empty
+        return self.state.sequence(j) if self.packed else self.state
+
+
+def _final_states(out: torch.Tensor, finals: zeros_ref.State | None, plan: _Plan,
+                  initial: _Initial, rank: int, group: Any,
+                  gathered: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """Every sequence's final state on every rank: each from the rank that holds its last
+    token (one differentiable all-reduce of S states), the empty ones their initial state."""
+    local, count = plan.local(rank), len(plan.offsets) - 1
+    empty, rows = initial.empty, math.prod(initial.empty.running_max.shape)
+    width = _pack(empty, rows).shape[-1]
+    mine = [_pack(empty, rows) * 0.0 for _ in range(count)]
+    for j in range(count):
+        if plan.owner(j) != rank:
+            continue
+        if j in local:
+            mine[j] = _pack(finals.sequence(local.index(j)), rows)
+        else:  # an empty sequence
+            mine[j] = _pack(initial.of(j), rows)
+    mine = _anchored(torch.stack(mine).reshape(count, rows, width), gathered)
+    total = _AllReduce.apply(mine, group)
+    _SENT[0] += total.numel() * total.element_size()
+    sizes = [plan.offsets[j + 1] - plan.offsets[j] for j in range(count)]
+    states = [_unpack(total[j], empty, initial.of(j).length + sizes[j]) for j in range(count)]
+    return _anchored(out, [total]), zeros_ref.State.stack(torch, states)
+
+
+class _AllReduce(torch.autograd.Function):
+    """``all_reduce`` (sum), differentiable: the gradient of each rank's term is the sum over
+    ranks of the gradients of the total."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        total = x.contiguous().clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 def layer(x: torch.Tensor, params: Mapping[str, torch.Tensor], *, heads: int,

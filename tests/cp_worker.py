@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+import zeros_ref
 from zeros_backends import context_parallel
 from zeros_backends.torch_backend import TorchBackend, ZeroSAttention
 
@@ -27,6 +28,7 @@ class Case(NamedTuple):
     dtype: torch.dtype = torch.float64
     tolerance: float = 1e-10
     causal: bool = True
+    offsets: tuple[int, ...] | None = None  # a packed batch over all ranks, from states
 
 
 def cases(ranks: int) -> list[Case]:
@@ -37,7 +39,16 @@ def cases(ranks: int) -> list[Case]:
             Case(uneven, default_logits=True), Case(even, default_logits=True),
             Case(even, shifted=0, shift=1e4, dtype=torch.float32, tolerance=1e-4),
             Case(uneven, shifted=0, shift=1e4, causal=False),
-            Case(uneven, default_logits=True, causal=False)]
+            Case(uneven, default_logits=True, causal=False),
+            Case(uneven, offsets=_packed(uneven)),
+            Case(even, default_logits=True, offsets=_packed(even))]
+
+
+def _packed(lengths: tuple[int, ...]) -> tuple[int, ...]:
+    """Sequences over slices of `lengths`: an empty one, one that spans several ranks, short
+    ones, one that ends on a rank's last token."""
+    total = sum(lengths)
+    return tuple(sorted([0, 3, 3, lengths[0], total // 2 + 1, total - 7, total]))
 
 
 def _inputs(case: Case, seed: int) -> dict[str, torch.Tensor]:
@@ -58,13 +69,29 @@ def _inputs(case: Case, seed: int) -> dict[str, torch.Tensor]:
     return {name: t.to(case.dtype) for name, t in x.items()}
 
 
-def _run(backend: Any, x: dict[str, torch.Tensor], causal: bool,
+def _initial(case: Case, seed: int) -> Any:
+    """Per-sequence initial states of a packed case (None for the others)."""
+    if case.offsets is None:
+        return None
+    g = torch.Generator().manual_seed(seed + 1000)
+    count = len(case.offsets) - 1
+    prefix = torch.tensor([0] + [int(j % 3) * 4 for j in range(count)]).cumsum(0)
+    n = int(prefix[-1])
+    q, k, v = (torch.randn(2, n, dim, generator=g, dtype=torch.float64).to(case.dtype)
+               for dim in (5, 5, 4))
+    return zeros_ref.attention(q, k, v, cu_seqlens=prefix, return_state=True)[1]
+
+
+def _run(backend: Any, x: dict[str, torch.Tensor], case: Case, initial: Any,
          group_call: bool) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
     """Outputs, state and gradients of `sum(out * cot)`."""
     leaves = {name: t.clone().requires_grad_(True) for name, t in x.items()
               if name in ("q", "k", "v", "logits")}
+    causal = case.causal
     options = {"logits": leaves.get("logits"), "first": x["first"], "causal": causal,
                "return_state": causal}
+    if case.offsets is not None:
+        options.update(state=initial, cu_seqlens=torch.tensor(case.offsets))
     call = context_parallel.attention if group_call else backend.attention
     if group_call:
         options["backend"] = backend
@@ -85,12 +112,13 @@ def check(case: Case, rank: int, seed: int) -> int:
     """Compare this rank's slice with one call; return the bytes it sent."""
     backend = TorchBackend()
     x = _inputs(case, seed)
+    initial = _initial(case, seed)
     a = sum(case.lengths[:rank])
     z = a + case.lengths[rank]
     mine = {name: t[:, a:z] for name, t in x.items()}
-    out, state, grads = _run(backend, mine, case.causal, group_call=True)
+    out, state, grads = _run(backend, mine, case, initial, group_call=True)
     sent = context_parallel.bytes_sent()
-    want_out, want_state, want_grads = _run(backend, x, case.causal, group_call=False)
+    want_out, want_state, want_grads = _run(backend, x, case, initial, group_call=False)
     label = f"rank {rank} {case}"
     _close(f"{label} outputs", out, want_out[:, a:z], case.tolerance)
     for name, grad in grads.items():
