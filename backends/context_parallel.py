@@ -1,17 +1,23 @@
 """Context parallelism: one sequence split over the ranks of a `torch.distributed` group
 (spec 5.3).
 
-Each rank holds a contiguous slice of the sequence, rank r the r-th slice, and gets the
+Each rank holds a contiguous slice of the tokens, rank r the r-th slice, and gets the
 outputs of its slice. Only states cross ranks, a few D x Dv matrices per row however long
 the slices are:
 
-1. default logits only: one all-gather of every rank's key sum and count (D + 1 numbers a
-   row), from which each rank forms its slice's logits as one call on the whole would;
-2. a state pass: the state of the rank's slice from the empty state (`kernel.append`, no
-   outputs);
+1. one all-gather of the slice lengths; with default logits, one of the key sums of each
+   rank's last piece (D numbers a row), from which each rank forms that piece's logits as
+   one call on the whole would;
+2. a state pass: the state of the rank's last piece from the empty state (`kernel.append`,
+   no outputs);
 3. one all-gather of the P states;
-4. each rank merges the states of the ranks before it (`kernel.merge_states`, the exclusive
-   merge) and runs its slice from that state with the backend's chunk form.
+4. each rank merges the states of the earlier pieces of its first sequence
+   (`kernel.merge_states`, the exclusive merge) and runs its slice from them with the
+   backend's chunk form.
+
+One sequence is the case of one piece per rank. In a packed batch (`cu_seqlens`, global
+offsets) a sequence may span several ranks; a rank's last piece is the only one that can go
+on, and its first sequence the only one that takes earlier pieces.
 
 With ``return_state`` every rank also merges all P states: the state after the whole
 sequence. Bidirectional attention (spec 4.3) merges all P states on every rank and reads

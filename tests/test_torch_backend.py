@@ -83,7 +83,7 @@ def test_protocol_attributes() -> None:
     for b in (backend, cuda_backend):
         assert b.dtypes == DTYPES
         assert b.features == frozenset({"bidirectional", "state", "default_logits", "grad",
-                                        "layer", "varlen"})
+                                        "layer", "varlen", "merge"})
     # The CPU backend leaves memory to the suite's resident-size probe; CUDA counts its own,
     # an ordinary method of the CUDA backend's class.
     assert not hasattr(backend, "memory_peak")

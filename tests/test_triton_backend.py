@@ -81,7 +81,7 @@ def test_protocol_and_entry_point() -> None:
     assert backend.device == ("cuda" if CUDA else "cpu")
     assert backend.dtypes == ("float16", "bfloat16", "float32", "float64")
     assert backend.features == frozenset({"bidirectional", "state", "default_logits", "grad",
-                                          "layer", "varlen"})
+                                          "layer", "varlen", "merge"})
     assert isinstance(ENTRY_POINT, TritonBackend) and ENTRY_POINT.name == "triton"
     assert ENTRY_POINT.device == backend.device
     # Device memory is the allocator's on CUDA (ZS-ON-MEMORY); the interpreter's CPU tensors
