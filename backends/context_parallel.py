@@ -194,11 +194,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             mean = sums.sum(dim=0).reshape(*inp.batch, 1, -1) / (1.0 + ends[-1])
             s_t = -(k_t * mean).sum(dim=-1) / math.sqrt(k_t.shape[-1])
             kernel.check_default_logits(xp, s_t, k_t)
-        prior = initial.of(last) if last is not None else empty
-        earlier = plan.earlier(rank, last)
-        prior_sum = prior.key_sum + sums[earlier].sum(dim=0).reshape(prior.key_sum.shape)
-        count = prior.length + sum(plan.piece(j) for j in earlier)
-        if causal:
+        else:  # the running mean of the keys, from the key sum before the last piece
+            prior = initial.of(last) if last is not None else empty
+            earlier = plan.earlier(rank, last)
+            prior_sum = prior.key_sum + sums[earlier].sum(dim=0).reshape(prior.key_sum.shape)
+            count = prior.length + sum(plan.piece(j) for j in earlier)
             s_t = kernel.running_mean_logits(xp, k_t, prior_sum, 1.0 + count)
             kernel.check_default_logits(xp, s_t, k_t, prior_sum)
     else:
@@ -299,16 +299,12 @@ def _final_states(out: torch.Tensor, finals: zeros_ref.State | None, plan: _Plan
     token (one differentiable all-reduce of S states), the empty ones their initial state."""
     local, count = plan.local(rank), len(plan.offsets) - 1
     empty, rows = initial.empty, math.prod(initial.empty.running_max.shape)
-    width = _pack(empty, rows).shape[-1]
-    mine = [_pack(empty, rows) * 0.0 for _ in range(count)]
+    mine = [_pack(empty, rows) for _ in range(count)]  # zeros where another rank owns it
     for j in range(count):
-        if plan.owner(j) != rank:
-            continue
-        if j in local:
-            mine[j] = _pack(finals.sequence(local.index(j)), rows)
-        else:  # an empty sequence
-            mine[j] = _pack(initial.of(j), rows)
-    mine = _anchored(torch.stack(mine).reshape(count, rows, width), gathered)
+        if plan.owner(j) == rank:  # a sequence that ends here, or an empty one (rank 0)
+            mine[j] = _pack(finals.sequence(local.index(j)) if j in local else initial.of(j),
+                            rows)
+    mine = _anchored(torch.stack(mine), gathered)
     total = _AllReduce.apply(mine, group)
     _SENT[0] += total.numel() * total.element_size()
     sizes = [plan.offsets[j + 1] - plan.offsets[j] for j in range(count)]

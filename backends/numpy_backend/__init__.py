@@ -336,6 +336,13 @@ class NumpyBackend:
                          normaliser=keep(state.normaliser), kv=keep(state.kv),
                          key_sum=keep(key_sum))
 
+        return self.run_groups(run_group, nrows, n, threads=threads)
+
+    def run_groups(self, run_group: Callable[[slice], tuple[State, Counter]], nrows: int,
+                   n: int, *, threads: bool) -> State:
+        """The state of `nrows` rows of n tokens from ``run_group(rows) -> (state, paths)``:
+        on row groups shared between the worker threads (`_run`) with `threads`, else on
+        all rows here; the paths counted, the groups' states joined in row order."""
         if threads:
             groups, results = self._run(run_group, nrows, n)
         else:
@@ -344,7 +351,8 @@ class NumpyBackend:
         self.count_paths(p for _, p in results)
         if len(groups) == 1:
             return results[0][0]
-        return State.merge([(index[g], st) for g, (st, _) in zip(groups, results)])
+        return State.merge([(np.arange(g.start, g.stop), st)
+                            for g, (st, _) in zip(groups, results)])
 
     def count_paths(self, counts: Iterable[Counter]) -> None:
         """Add row-token counts to `last_paths` (from any thread: the pieces of a packed call

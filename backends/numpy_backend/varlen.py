@@ -339,16 +339,7 @@ def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track
         paths = Counter({FAST: int(count[ok].sum()), REFERENCE: int(count[~ok].sum())})
         return replace(end, key_sum=key_sum), paths
 
-    nlanes = heads.starts.size * rows
-    if threads:
-        groups, results = backend._run(run_group, nlanes, n)
-    else:
-        groups = [slice(0, nlanes)]
-        results = [run_group(groups[0])]
-    backend.count_paths(p for _, p in results)
-    if len(results) == 1:
-        return results[0][0]
-    return State.merge([(np.arange(g.start, g.stop), st) for g, (st, _) in zip(groups, results)])
+    return backend.run_groups(run_group, heads.starts.size * rows, n, threads=threads)
 
 
 def _gather(x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
