@@ -1,11 +1,15 @@
-"""The CuPy backend: `zeros_ref` on CuPy arrays (entry point ``cupy``).
+"""The CuPy backend: the array-API chunk form on CuPy arrays (entry point ``cupy``).
 
-One algorithm, the reference's: through `array_api_compat`, `zeros_ref` runs unchanged on
-CuPy arrays, so validation (spec section 8), the chunked form of spec 4.2 and 4.3, the `State`
-of section 5, the default logits and the float32 computation of float16 inputs
-(ZS-DTYPE-HALF) are the reference's own. This module adds the device's chunk length and, for
-ZS-ON-MEMORY, the peak of CuPy's memory pool (the process's resident size does not see device
-memory).
+It must equal the reference form, `zeros_ref.attention` (spec 4.2, 4.3), and runs the
+array-API chunk form (`zeros_backends.array_api`, whose docstring explains it) on CuPy arrays
+of the current device: every chunk of a slab in a few large operations, the slabs in a loop
+whose length is a shape (no chunk loop, no branch on array values), so the GPU never waits
+for the host within a call. The host reads one value per call only where default logits
+are used (whether they left the dtype's range, the error of spec 8), and the offsets of a
+packed call's `cu_seqlens` once. Validation (spec 8) is the reference's
+(`zeros_ref.kernel.check_call`); float16 inputs are computed in float32 (ZS-DTYPE-HALF). For
+ZS-ON-MEMORY this module reports the peak of CuPy's memory pool (the process's resident size
+does not see device memory).
 
 CuPy is imported on first use, so this module (and the entry point) loads on a machine without
 CuPy or a GPU; the first `from_numpy` then fails with a `RuntimeError` that says why.
@@ -14,17 +18,22 @@ CuPy or a GPU; the first `from_numpy` then fails with a `RuntimeError` that says
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 import zeros_ref
+from zeros_ref import kernel
 
-__all__ = ["CHUNK_SIZE", "CupyBackend", "backend"]
+from . import array_api
 
-CHUNK_SIZE = 256
-"""Default chunk length C: a GPU pays a fixed launch cost per chunk, so it takes long chunks."""
+__all__ = ["CHUNK_SIZE", "SLAB_SIZE", "CupyBackend", "backend"]
+
+CHUNK_SIZE = 64
+"""Default chunk length C."""
+SLAB_SIZE = 32
+"""Default chunks computed at once: a GPU wants few, large operations."""
 
 
 @functools.cache
@@ -55,22 +64,28 @@ class CupyBackend:
     ----------
     chunk_size : int
         Chunk length C of the chunked form (speed only; any C gives the same result).
+    slab_size : int
+        Chunks computed at once.
     """
 
     name = "cupy"
     dtypes = ("float16", "float32", "float64")
-    features = frozenset({"bidirectional", "state", "default_logits"})
+    features = frozenset({"bidirectional", "state", "default_logits", "varlen", "merge"})
     device = "cuda"
+    index_dtypes = ("int32", "int64")
+    """Integer dtypes `from_numpy` takes too: those of ``cu_seqlens``."""
 
-    def __init__(self, *, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(self, *, chunk_size: int = CHUNK_SIZE, slab_size: int = SLAB_SIZE) -> None:
         self.chunk_size = chunk_size
+        self.slab_size = slab_size
 
     def __repr__(self) -> str:
-        return f"CupyBackend(chunk_size={self.chunk_size})"
+        return f"CupyBackend(chunk_size={self.chunk_size}, slab_size={self.slab_size})"
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> Any:
-        """`x` rounded to dtype name `dtype` (by numpy, once) on the current device."""
-        if dtype not in self.dtypes:
+        """`x` rounded to dtype name `dtype` (by numpy, once) on the current device (a floating
+        dtype of `dtypes`, or an integer one of `index_dtypes`)."""
+        if dtype not in (*self.dtypes, *self.index_dtypes):
             raise TypeError(f"`dtype` must be one of {self.dtypes}; got {dtype!r}")
         return _cupy().asarray(np.asarray(x, dtype=dtype))
 
@@ -91,15 +106,24 @@ class CupyBackend:
         causal: bool = True,
         state: zeros_ref.State | None = None,
         return_state: bool = False,
+        cu_seqlens: Any = None,
     ) -> Any:
-        """ZeroS attention on CuPy arrays: `zeros_ref.attention` with this chunk length.
+        """ZeroS attention on CuPy arrays by the array-API chunk form.
 
-        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8).
+        Arguments, result and errors are those of `zeros_ref.attention` (spec sections 2-8,
+        packed sequences 5.2).
         """
-        return zeros_ref.attention(
-            q, k, v, logits=logits, first=first, higher=higher, zero=zero, causal=causal,
-            state=state, return_state=return_state, chunk_size=self.chunk_size,
-        )
+        inp, start = kernel.check_call(q, k, v, logits=logits, first=first, higher=higher,
+                                       zero=zero, causal=causal, state=state,
+                                       return_state=return_state, cu_seqlens=cu_seqlens)
+        out, end = array_api.attention(inp, start, causal=causal, return_state=return_state,
+                                       chunk=self.chunk_size, slab=self.slab_size)
+        return (out, end) if return_state else out
+
+    def merge_states(self, states: Sequence[zeros_ref.State]) -> zeros_ref.State:
+        """The state of the concatenation of pieces from their states (spec 5.3): the
+        reference's merge on CuPy arrays."""
+        return zeros_ref.merge_states(states)
 
     def synchronize(self) -> None:
         """Wait for the GPU's queued work (for timings)."""

@@ -24,7 +24,7 @@ first call then fails with a `RuntimeError` that says how to install it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,7 @@ class JaxBackend:
         self.chunk_size = chunk_size
         self.slab_size = slab_size
         self._pending: Any = None
+        self._recorded: list[tuple[tuple, dict]] | None = None
 
     def __repr__(self) -> str:
         return f"JaxBackend(chunk_size={self.chunk_size}, slab_size={self.slab_size})"
@@ -138,9 +139,36 @@ class JaxBackend:
                                        return_state=return_state, cu_seqlens=cu_seqlens)
         out, end = array_api.attention(inp, start, causal=causal, return_state=return_state,
                                        chunk=self.chunk_size, slab=self.slab_size,
-                                       core=_core(), bucket=True)
+                                       core=self._compiled, bucket=True)
         self._pending = out
         return (out, end) if return_state else out
+
+    def _compiled(self, *args: Any, **options: Any) -> array_api.chunked.Result:
+        """The compiled form (`_core`), its arguments kept while `memory_peak` records."""
+        if self._recorded is not None:
+            self._recorded.append((args, options))
+        return _core()(*args, **options)
+
+    def memory_peak(self, fn: Callable[[], Any]) -> int:
+        """Peak bytes of the calls ``fn()`` makes (ZS-ON-MEMORY), from XLA's buffer assignment
+        of each compiled program: its temporaries, arguments and outputs, and once more its
+        outputs (the copy this backend returns). Arguments are counted whole, the caller's own
+        arrays included, so the figure is an upper bound; the memory of compiling is not
+        counted (a cost per shape, not per call)."""
+        self._recorded = []
+        try:
+            result = fn()
+            recorded, self._recorded = self._recorded, None
+        finally:
+            self._recorded = None
+        _jax().block_until_ready(result)
+        del result
+        peak = 0
+        for args, options in recorded:
+            stats = _core().lower(*args, **options).compile().memory_analysis()
+            peak = max(peak, stats.temp_size_in_bytes + stats.argument_size_in_bytes
+                       + 2 * stats.output_size_in_bytes)
+        return peak
 
     def merge_states(self, states: Sequence[zeros_ref.State]) -> zeros_ref.State:
         """The state of the concatenation of pieces from their states (spec 5.3): the

@@ -25,15 +25,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from zeros_ref.kernel import Inputs, State, check_default_logits
 
 from . import chunked
-from .plan import Plan, plan
+from .plan import Plan, chunk_plan
 from .scans import Scan
 
-__all__ = ["Plan", "attention", "bucket_size", "chunked", "plan"]
+__all__ = ["Plan", "attention", "bucket_size", "chunk_plan", "chunked"]
 
 Core = Callable[..., chunked.Result]
 """`chunked.attention` with the namespace bound, or a compiled version of it: called as
@@ -55,51 +57,105 @@ def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, ch
     slab : chunks computed at once (fewer for a short call).
     core : the form to call; None for `chunked.attention` on ``inp.xp`` with `scan`.
     scan : the `Scan` over slabs when `core` is None (None: a Python loop).
-    bucket : pad the call's chunks and sequences up to a few sizes (`bucket_size`) with
-        inert padding, so that a compiled `core` meets few shapes (each one compiles).
+    bucket : pad the call's chunks, sequences, rows and widths D and Dv up to a few sizes
+        (`bucket_size`) with inert zeros, so that a compiled `core` meets few shapes (each
+        one compiles); the padding is cropped from the results.
 
     Returns
     -------
     out : (*B, N, Dv) array of the input dtype.
     state : the state after the call (leading axes *B, or (S, *B)), if `return_state`.
     """
-    xp, n = inp.xp, inp.n
+    xp, n, batch = inp.xp, inp.n, inp.batch
+    d, dv = inp.q.shape[-1], inp.v.shape[-1]
     if n == 0:
-        out = xp.zeros((*inp.batch, 0, inp.v.shape[-1]), dtype=inp.dtype)
+        out = xp.zeros((*batch, 0, dv), dtype=inp.dtype)
         return out, (state if return_state else None)
     packed = inp.offsets is not None
     lengths = tuple(b - a for a, b in zip(inp.offsets[:-1], inp.offsets[1:], strict=True)) \
         if packed else (n,)
     held = state.length if packed else (state.length,)
+    rows, real = math.prod(batch), sum(-(-size // chunk) for size in lengths)
+    given = Shape(real, len(lengths), rows, d, dv)
+    if bucket:  # the chunks, sequences, rows and widths a compiled form is made for
+        size = Shape(bucket_size(real), bucket_size(len(lengths)), bucket_size(rows),
+                     _width(d), _width(dv))
+    else:
+        size = given
+    slab = max(1, min(slab, size.chunks))
+    size = size._replace(chunks=-(-size.chunks // slab) * slab)
+    tokens = size.chunks * chunk if bucket and (packed or size.chunks * chunk != n) else n
+    device = _device(inp.q)
+
+    def grown(x: Any, *tail: int) -> Any:  # (*B, N, ...) as (R, N, ...), zero-padded
+        if x is None:
+            return None
+        flat = xp.reshape(x, (rows, n, *x.shape[len(batch) + 1:]))
+        return _padded(xp, flat, (size.rows, tokens, *tail))
+
+    q, k, v = grown(inp.q, size.d), grown(inp.k, size.d), grown(inp.v, size.dv)
+    logits, *gates = (grown(x) for x in (inp.logits, inp.first, inp.higher, inp.zero))
     start = state if packed else _one(xp, state)
-    real = sum(-(-size // chunk) for size in lengths)  # chunks the sequences take
-    chunks, count = (bucket_size(real), bucket_size(len(lengths))) if bucket else (real, 0)
-    slab = max(1, min(slab, chunks))
-    chunks = -(-chunks // slab) * slab
-    gather = packed or (bucket and chunks * chunk != n)
-    arrays = (inp.q, inp.k, inp.v, inp.logits, inp.first, inp.higher, inp.zero)
-    if bucket and gather:  # the inputs padded to the plan's slots, the sequences to `count`
-        arrays = tuple(_extended(xp, x, chunks * chunk, axis=-1 if i > 2 else -2)
-                       for i, x in enumerate(arrays))
-        start = _more(xp, start, count - len(lengths))
-    sizes = lengths + (0,) * (count - len(lengths))
-    layout = plan(sizes, chunk, slab, xp, device=_device(inp.q), chunks=chunks,
-                  tokens=chunks * chunk if bucket else 0)
-    begin = State(length=xp.asarray(held + (0,) * (len(sizes) - len(held)), dtype=xp.int32,
-                                     device=_device(inp.q)), **_arrays(start))
+    begin = State(length=xp.asarray(held + (0,) * (size.sequences - len(held)),
+                                    dtype=xp.int32, device=device),
+                  **{name: _padded(xp, xp.reshape(x, (len(held), rows, *_widths(name, given))),
+                                   (size.sequences, size.rows, *_widths(name, size)))
+                     for name, x in _arrays(start).items()})
+    layout = chunk_plan(lengths + (0,) * (size.sequences - len(lengths)), chunk, slab, xp,
+                        device=device, chunks=size.chunks, tokens=tokens)
     if core is None:
         core = functools.partial(chunked.attention, xp, scan=scan)
-    q, k, v, logits, *gates = arrays
-    result = core(q, k, v, logits, tuple(gates), begin, layout, causal=causal,
-                  return_state=return_state, fresh=not any(held), gather=gather, slab=slab)
+    with np.errstate(all="ignore"):  # NumPy's warnings on non-finite input (spec 8, as the
+        result = core(q, k, v, logits, tuple(gates), begin, layout, causal=causal,  # reference)
+                      return_state=return_state, fresh=not any(held), gather=tokens != n
+                      or packed, slab=slab, depth=xp.asarray(d, dtype=inp.compute_dtype))
     if inp.logits is None and bool(result.overflow):
         check_default_logits(xp, xp.asarray([math.inf], dtype=inp.compute_dtype), inp.k)
-    out = xp.astype(result.out[..., :n, :], inp.dtype)
+    out = xp.reshape(result.out[:rows, :n, :dv], (*batch, n, dv))
+    out = xp.astype(out, inp.dtype)
     if not return_state:
         return out, None
     counts = tuple(a + b for a, b in zip(held, lengths, strict=True))
-    end = State(length=counts, **_arrays(result.state, rows=slice(0, len(lengths))))
+    ends = {name: xp.reshape(_cropped(x, (len(lengths), rows, *_widths(name, given))),
+                             (len(lengths), *batch, *_widths(name, given)))
+            for name, x in _arrays(result.state).items()}
+    end = State(length=counts, **ends)
     return out, (end if packed else State(length=counts[0], **_arrays(end, rows=0)))
+
+
+class Shape(NamedTuple):
+    """The sizes a call's arrays take in the form: chunks, sequences, rows, D, Dv."""
+
+    chunks: int
+    sequences: int
+    rows: int
+    d: int
+    dv: int
+
+
+def _widths(name: str, size: Shape) -> tuple[int, ...]:
+    """The trailing shape of the state's array `name` for widths D and Dv of `size`."""
+    return {"kv": (3, size.d, size.dv), "key_sum": (size.d,)}.get(name, ())
+
+
+def _width(size: int) -> int:
+    """The bucket of a vector width: 8 for up to 8 (padding costs little there), else
+    `bucket_size`."""
+    return max(8, bucket_size(size))
+
+
+def _padded(xp: Any, x: Any, shape: tuple[int, ...]) -> Any:
+    """`x` followed by zeros along every axis up to `shape` (unchanged where it fits)."""
+    for axis, (have, want) in enumerate(zip(x.shape, shape, strict=True)):
+        if have < want:
+            grown = (*x.shape[:axis], want - have, *x.shape[axis + 1:])
+            x = xp.concat([x, xp.zeros(grown, dtype=x.dtype, device=_device(x))], axis=axis)
+    return x
+
+
+def _cropped(x: Any, shape: tuple[int, ...]) -> Any:
+    """The leading `shape` block of `x`."""
+    return x[tuple(slice(0, size) for size in shape)]
 
 
 def bucket_size(size: int) -> int:
@@ -109,25 +165,6 @@ def bucket_size(size: int) -> int:
         return size
     scale = 1 << (size.bit_length() - 4)  # size / scale lies in [8, 16)
     return -(-size // scale) * scale
-
-
-def _extended(xp: Any, x: Any, size: int, *, axis: int) -> Any:
-    """`x` with zeros appended along `axis` up to `size` (None stays None)."""
-    if x is None or x.shape[axis] >= size:
-        return x
-    shape = list(x.shape)
-    shape[axis] = size - shape[axis]
-    return xp.concat([x, xp.zeros(tuple(shape), dtype=x.dtype, device=_device(x))], axis=axis)
-
-
-def _more(xp: Any, state: State, extra: int) -> State:
-    """A packed `state` with `extra` empty sequences' states appended (zeros)."""
-    if not extra:
-        return state
-    return State(length=state.length + (0,) * extra,
-                 **{name: xp.concat([x, xp.zeros((extra, *x.shape[1:]), dtype=x.dtype,
-                                                  device=_device(x))])
-                    for name, x in _arrays(state).items()})
 
 
 def _arrays(state: State, rows: int | slice | None = None) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class Result(NamedTuple):
 
 def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, Any, Any],
               state: State, plan: Plan, *, causal: bool, return_state: bool, fresh: bool,
-              gather: bool, slab: int, scan: Scan | None = None) -> Result:
+              gather: bool, slab: int, scan: Scan | None = None, depth: Any = None) -> Result:
     """ZeroS attention of validated inputs, every chunk in array-API calls.
 
     Parameters
@@ -84,6 +84,8 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
         the N tokens of each row, then padding.
     slab : chunks a slab (the step of the scan).
     scan : the `Scan` over slabs; None for a Python loop.
+    depth : D of the default logits' 1/sqrt(D), a 0-d array, where q and k are zero-padded
+        along D (so that a compiled form does not depend on it); None: their last axis.
     """
     scan = loop(xp) if scan is None else scan
     batch, n, dv = tuple(q.shape[:-2]), q.shape[-2], v.shape[-1]
@@ -111,7 +113,8 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     held = xp.astype(st.length, dtype)  # (S,) tokens of the initial states
     overflow = xp.asarray(False)
     if logits is None:
-        s = _default_logits(xp, raw_k, st, plan, held, causal)
+        depth = xp.asarray(float(raw_k.shape[-1])) if depth is None else depth
+        s = _default_logits(xp, raw_k, st, plan, held, causal, depth)
         overflow = xp.any(~xp.isfinite(s) & valid) & xp.all(xp.isfinite(raw_k)) \
             & xp.all(xp.isfinite(st.key_sum))
     else:
@@ -152,11 +155,12 @@ def _batched(xp: Any, state: State, batch: tuple[int, ...]) -> State:
     return replace(replace(state, length=0).with_batch(xp, batch), length=state.length)
 
 
-def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: bool) -> Any:
+def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: bool,
+                    depth: Any) -> Any:
     """ZS-LOG-DEFAULT for the raw keys (nc, R, C, D) (padding zero), each sequence from its
     own key sum: ``-<k_t, kbar_t> / sqrt(D)``, kbar_t the mean of the keys up to t (causal,
-    the initial state's included) or of the whole sequence, with one pseudo-count."""
-    d = k.shape[-1]
+    the initial state's included) or of the whole sequence, with one pseudo-count; D is
+    `depth` (0-d)."""
     within = xp.cumulative_sum(k, axis=-2)  # (nc, R, C, D)
     totals = segmented_scan(xp, within[..., -1, :], plan.start, xp.add)  # (nc, R, D)
     if causal:
@@ -169,7 +173,7 @@ def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: b
         lengths = xp.sum(xp.astype(plan.valid, k.dtype), axis=-1)  # (nc,) tokens per chunk
         per = xp.take(segmented_scan(xp, lengths, plan.start, xp.add), plan.tail, axis=0)
         count = 1.0 + xp.take(per, plan.segment, axis=0)[:, None, None, None]
-    return -xp.sum(k * (sums / count), axis=-1) / math.sqrt(d)
+    return -xp.sum(k * (sums / count), axis=-1) / xp.sqrt(xp.astype(depth, k.dtype))
 
 
 def _counts(xp: Any, plan: Plan, held: Any) -> Any:
@@ -199,7 +203,7 @@ def _causal(xp: Any, vectors: tuple[Any, Any, Any], raw_k: Any, s: Any,
     tops = xp.max(s_max, axis=-1)  # (nc, R)
     m_end = segmented_scan(xp, xp.where(start, xp.maximum(s_ref, tops), tops), plan.start,
                            xp.maximum)
-    m_prev = xp.where(start, s_ref, xp.concat([s_ref[:1], m_end[:-1]], axis=0))
+    m_prev = xp.where(start, s_ref, xp.concat([s_ref[:1, ...], m_end[:-1, ...]], axis=0))
     m_row = xp.maximum(m_prev[..., None], cumulative_max(xp, s_max))  # (nc, R, C)
     # Step 3 (mean): sbar_t - s_ref, within the chunk then the chunks before it.
     rel = xp.where(valid, s - s_ref[..., None], 0.0)
@@ -346,7 +350,7 @@ def _bidirectional(xp: Any, vectors: tuple[Any, Any, Any], s: Any,
     whole = (sums.f, sums.g, sums.h)
     if plan.first.shape[0] == 1:  # one sequence: its sums are read by every chunk alike
         return sum(((x[..., None] * qh) @ total
-                    for x, total in zip((a, b, c), (y[0] for y in whole), strict=True)))
+                    for x, total in zip((a, b, c), (y[0, ...] for y in whole), strict=True)))
 
     def body(carry: Any, x: tuple[Any, ...]) -> tuple[Any, Any]:
         q, a, b, c, segment = x

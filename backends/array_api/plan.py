@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "chunk_plan"]
 
 
 class Plan(NamedTuple):
@@ -48,8 +48,8 @@ class Plan(NamedTuple):
     filled: Any
 
 
-def plan(lengths: tuple[int, ...], chunk: int, slab: int, xp: Any = np, device: Any = None,
-         *, chunks: int = 0, tokens: int = 0) -> Plan:
+def chunk_plan(lengths: tuple[int, ...], chunk: int, slab: int, xp: Any = np,
+               device: Any = None, *, chunks: int = 0, tokens: int = 0) -> Plan:
     """The plan of sequences of `lengths` (at least one token in all) in chunks of `chunk`
     slots, padded to a multiple of `slab` chunks (and to at least `chunks`, a multiple of
     `slab`), as arrays of `xp` on `device`. `place` is padded to `tokens` entries (slot 0)

@@ -44,8 +44,9 @@ def exclusive(xp: Any, inclusive: Any, start: Any) -> Any:
     """The exclusive form of a segmented sum along axis 0: the value of the chunk before, zero
     where `start` (nc,) begins a sequence (no subtraction, so no rounding is added)."""
     tail = (1,) * (inclusive.ndim - 1)
-    shifted = xp.concat([xp.zeros_like(inclusive[:1, ...]), inclusive[:-1, ...]], axis=0)
-    return xp.where(xp.reshape(start, (-1, *tail)), 0.0, shifted)
+    zero = xp.zeros_like(inclusive[:1, ...])
+    shifted = xp.concat([zero, inclusive[:-1, ...]], axis=0)
+    return xp.where(xp.reshape(start, (-1, *tail)), zero, shifted)
 
 
 def cumulative_max(xp: Any, x: Any) -> Any:
