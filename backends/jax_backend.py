@@ -45,16 +45,16 @@ _GATES = ("first", "higher", "zero")
 
 @functools.cache
 def _jax() -> Any:
-    """The `jax` module, with `zeros_ref.State` registered as a pytree (its arrays, `length`
-    included, are leaves), so that compiled functions take and return states."""
+    """The `jax` module, with `zeros_ref.State` registered as a pytree (its arrays are leaves,
+    its `length` static), so that compiled functions take and return states."""
     try:
         import jax
     except ImportError as exc:
         raise RuntimeError("the jax backend needs JAX: pip install 'zeros-attention-spec[jax]'"
                            f"; importing jax failed: {exc}") from exc
     jax.tree_util.register_dataclass(
-        zeros_ref.State, data_fields=["length", "running_max", "mean_offset", "normaliser",
-                                      "kv", "key_sum"], meta_fields=[])
+        zeros_ref.State, data_fields=["running_max", "mean_offset", "normaliser", "kv",
+                                      "key_sum"], meta_fields=["length"])
     return jax
 
 
@@ -62,9 +62,56 @@ def _jax() -> Any:
 def _core() -> Any:
     """`array_api.chunked.attention` on ``jax.numpy``, compiled, with ``jax.lax.scan``."""
     jax = _jax()
-    form = functools.partial(array_api.chunked.attention, jax.numpy, scan=jax.lax.scan)
-    return jax.jit(form, static_argnames=("causal", "return_state", "fresh", "gather",
+    form = functools.partial(array_api.chunked.attention, jax.numpy, scan=jax.lax.scan,
+                             exact=_unflushed)
+    return jax.jit(form, static_argnames=("causal", "return_state", "gather",
                                           "slab"))
+
+
+def _unflushed(x: Any) -> Any:
+    """Every vector of x (..., D) multiplied by a power of two that brings its largest finite
+    entry into [1, 2); its direction is unchanged.
+
+    XLA's CPU code reads subnormal numbers as zero (below 1.2e-38 in float32): the entries of
+    a vector whose norm is, say, 1e-36 would lose digits, and its direction with them
+    (ZS-STAB-MAGNITUDE). The exponents are therefore read from the bits, and subnormal
+    entries rebuilt from their integer significands; normal entries are multiplied (so that
+    gradients flow through them). Other dtypes are returned as they are.
+    """
+    jax = _jax()
+    jnp, lax = jax.numpy, jax.lax
+    layout = {jnp.dtype(jnp.float32): (jnp.int32, 23, 127),
+              jnp.dtype(jnp.float64): (jnp.int64, 52, 1023)}.get(jnp.dtype(x.dtype))
+    if layout is None:
+        return x
+    ints, width, bias = layout
+    raw = lax.bitcast_convert_type(lax.stop_gradient(x), ints)
+    field = (raw >> width) & (2 * bias + 1)  # the biased exponent
+    significand = raw & ((1 << width) - 1)
+    whole = significand.astype(x.dtype)  # an integer, exact
+    _, top_bit = jnp.frexp(whole)  # whole in [2^(top_bit - 1), 2^top_bit)
+    low = -4 * bias  # below every exponent: zeros and non-finite entries
+    exponent = jnp.where(field > 0, field - bias, top_bit - bias - width)
+    exponent = jnp.where((field == 2 * bias + 1) | ((field == 0) & (significand == 0)), low,
+                         exponent)
+    top = jnp.max(exponent, axis=-1, keepdims=True)
+    shift = jnp.where(top > low, -top, 0)
+
+    def times_power(y: Any, power: Any) -> Any:  # y 2^power in three exact steps
+        for part in (power // 3, power // 3, power - 2 * (power // 3)):
+            part = jnp.clip(part, 1 - bias, bias)
+            y = y * lax.bitcast_convert_type(((part + bias) << width).astype(ints), x.dtype)
+        return y
+
+    subnormal = jnp.where(raw < 0, -whole, whole)  # significand times 2^(1 - bias - width)
+    return jnp.where(field == 0, times_power(subnormal, shift + 1 - bias - width),
+                     times_power(x, shift))
+
+
+def _readable(flag: Any) -> bool:
+    """The form's flag read on the host, False while it is traced (inside the caller's own
+    ``jax.jit``, where the error of spec 8 cannot be raised)."""
+    return not isinstance(flag, _jax().core.Tracer) and bool(flag)
 
 
 class JaxBackend:
@@ -139,8 +186,9 @@ class JaxBackend:
                                        return_state=return_state, cu_seqlens=cu_seqlens)
         out, end = array_api.attention(inp, start, causal=causal, return_state=return_state,
                                        chunk=self.chunk_size, slab=self.slab_size,
-                                       core=self._compiled, bucket=True)
-        self._pending = out
+                                       core=self._compiled, bucket=True, check=_readable)
+        if not isinstance(out, _jax().core.Tracer):  # not inside the caller's own trace
+            self._pending = out
         return (out, end) if return_state else out
 
     def _compiled(self, *args: Any, **options: Any) -> array_api.chunked.Result:

@@ -140,7 +140,7 @@ def test_jax_jit_traces_the_form(causal: bool, default: bool, state: bool,
     layout = plan.chunk_plan(lengths, chunk, slab, jnp)
     count = len(lengths)
     empty = zeros_ref.State.empty(jnp, (count, rows), d, dv, dtype=jnp.float32, device=None)
-    start = zeros_ref.State(length=jnp.asarray([3] * count), running_max=empty.running_max,
+    start = zeros_ref.State(length=0, running_max=empty.running_max,
                             mean_offset=empty.mean_offset, normaliser=empty.normaliser + 1,
                             kv=empty.kv, key_sum=empty.key_sum)
     q = jax.ShapeDtypeStruct((rows, n, d), jnp.float32)
@@ -149,8 +149,8 @@ def test_jax_jit_traces_the_form(causal: bool, default: bool, state: bool,
 
     def form(q: Any, k: Any, v: Any, s: Any, g: Any, layout: Any) -> Any:
         result = chunked.attention(jnp, q, k, v, None if default else s, (g, g, g),
-                                   start, layout, causal=causal,
-                                   return_state=state, fresh=not state, gather=gather,
+                                   start, jnp.asarray([3] * count), layout, causal=causal,
+                                   return_state=state, gather=gather,
                                    slab=slab, scan=jax.lax.scan)
         return result.out, result.overflow
 
@@ -180,7 +180,7 @@ def test_segmented_scan_and_cumulative_max() -> None:
     start = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0], dtype=bool)
     seen = scans.segmented_scan(np, x, start, np.maximum)
     bounds = [*np.flatnonzero(start), 11]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         np.testing.assert_array_equal(seen[a:b], np.maximum.accumulate(x[a:b]))
         inclusive = scans.segmented_scan(np, x, start, np.add)
         np.testing.assert_allclose(scans.exclusive(np, inclusive, start)[a:b],
@@ -189,11 +189,11 @@ def test_segmented_scan_and_cumulative_max() -> None:
 
 
 def test_bucket_sizes() -> None:
-    assert [array_api.bucket_size(n) for n in (1, 8, 9, 16, 17, 100, 128, 129)] == \
-        [1, 8, 9, 16, 18, 104, 128, 144]
+    assert [array_api.bucket_size(n) for n in (1, 3, 8, 9, 16, 17, 100, 128, 129)] == \
+        [1, 4, 8, 16, 16, 18, 104, 128, 144]
     for n in range(1, 5000):
         size = array_api.bucket_size(n)
-        assert n <= size <= 1.125 * n
+        assert n <= size <= (1.125 * n if n > 16 else 2 * n)
     assert len({array_api.bucket_size(n) for n in range(1025, 2049)}) == 8
 
 

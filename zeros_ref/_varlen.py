@@ -76,7 +76,8 @@ def check_cu_seqlens(xp: Any, cu_seqlens: Any, n: int, device: Any, *,
     if namespace_of(cu_seqlens, "cu_seqlens") is not xp:
         raise TypeError("`cu_seqlens` must be an array of the same library as `q`; got "
                         f"{type(cu_seqlens).__name__}")
-    if array_api_compat.device(cu_seqlens) != device:
+    where = array_api_compat.device(cu_seqlens)
+    if where != device and None not in (where, device):  # None: unknown (a JAX tracer's)
         raise ValueError(f"`cu_seqlens` is on device {array_api_compat.device(cu_seqlens)} "
                          f"but `q` is on {device}")
     if offsets is None:

@@ -39,13 +39,14 @@ __all__ = ["Plan", "attention", "bucket_size", "chunk_plan", "chunked"]
 
 Core = Callable[..., chunked.Result]
 """`chunked.attention` with the namespace bound, or a compiled version of it: called as
-``core(q, k, v, logits, gates, state, plan, causal=, return_state=, fresh=, packed=,
-slab=)``."""
+``core(q, k, v, logits, gates, state, counts, plan, causal=, return_state=, gather=,
+slab=, depth=)``."""
 
 
 def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, chunk: int,
               slab: int, core: Core | None = None, scan: Scan | None = None,
-              bucket: bool = False) -> tuple[Any, State | None]:
+              bucket: bool = False, check: Callable[[Any], bool] | None = None,
+              ) -> tuple[Any, State | None]:
     """ZeroS attention of validated inputs by the array-API chunk form.
 
     Parameters
@@ -60,6 +61,9 @@ def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, ch
     bucket : pad the call's chunks, sequences, rows and widths D and Dv up to a few sizes
         (`bucket_size`) with inert zeros, so that a compiled `core` meets few shapes (each
         one compiles); the padding is cropped from the results.
+    check : reads the form's flag of default logits past the dtype's range (0-d bool) on the
+        host; None: ``bool(flag)``. A library that traces calls returns False for a traced
+        flag, which cannot be read (the error of spec 8 is then not raised).
 
     Returns
     -------
@@ -96,8 +100,9 @@ def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, ch
     q, k, v = grown(inp.q, size.d), grown(inp.k, size.d), grown(inp.v, size.dv)
     logits, *gates = (grown(x) for x in (inp.logits, inp.first, inp.higher, inp.zero))
     start = state if packed else _one(xp, state)
-    begin = State(length=xp.asarray(held + (0,) * (size.sequences - len(held)),
-                                    dtype=xp.int32, device=device),
+    counts = xp.asarray(held + (0,) * (size.sequences - len(held)), dtype=xp.int32,
+                        device=device)
+    begin = State(length=0,
                   **{name: _padded(xp, xp.reshape(x, (len(held), rows, *_widths(name, given))),
                                    (size.sequences, size.rows, *_widths(name, size)))
                      for name, x in _arrays(start).items()})
@@ -105,22 +110,24 @@ def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, ch
                         device=device, chunks=size.chunks, tokens=tokens)
     if core is None:
         core = functools.partial(chunked.attention, xp, scan=scan)
-    with np.errstate(all="ignore"):  # NumPy's warnings on non-finite input (spec 8, as the
-        result = core(q, k, v, logits, tuple(gates), begin, layout, causal=causal,  # reference)
-                      return_state=return_state, fresh=not any(held), gather=tokens != n
-                      or packed, slab=slab, depth=xp.asarray(d, dtype=inp.compute_dtype))
-    if inp.logits is None and bool(result.overflow):
+    options = {"causal": causal, "return_state": return_state,
+               "gather": packed or tokens != n, "slab": slab,
+               "depth": xp.asarray(d, dtype=inp.compute_dtype)}
+    with np.errstate(all="ignore"):  # NumPy's warnings on non-finite input (spec 8)
+        result = core(q, k, v, logits, tuple(gates), begin, counts, layout, **options)
+    read = (lambda flag: bool(flag)) if check is None else check
+    if inp.logits is None and read(result.overflow):
         check_default_logits(xp, xp.asarray([math.inf], dtype=inp.compute_dtype), inp.k)
     out = xp.reshape(result.out[:rows, :n, :dv], (*batch, n, dv))
     out = xp.astype(out, inp.dtype)
     if not return_state:
         return out, None
-    counts = tuple(a + b for a, b in zip(held, lengths, strict=True))
+    after = tuple(a + b for a, b in zip(held, lengths, strict=True))
     ends = {name: xp.reshape(_cropped(x, (len(lengths), rows, *_widths(name, given))),
                              (len(lengths), *batch, *_widths(name, given)))
             for name, x in _arrays(result.state).items()}
-    end = State(length=counts, **ends)
-    return out, (end if packed else State(length=counts[0], **_arrays(end, rows=0)))
+    end = State(length=after, **ends)
+    return out, (end if packed else State(length=after[0], **_arrays(end, rows=0)))
 
 
 class Shape(NamedTuple):
@@ -159,10 +166,11 @@ def _cropped(x: Any, shape: tuple[int, ...]) -> Any:
 
 
 def bucket_size(size: int) -> int:
-    """The smallest of 1..8 and m 2^e (m = 8..15) that is at least `size`: at most 12.5% more,
-    and eight sizes an octave."""
-    if size <= 8:
-        return size
+    """The smallest power of two up to 16, or m 2^e (m = 8..15) beyond, that is at least
+    `size`: few sizes where calls are small (their compilations would cost more than their
+    padding), at most 12.5% more and eight sizes an octave where they are large."""
+    if size <= 16:
+        return 1 << max(size - 1, 0).bit_length()
     scale = 1 << (size.bit_length() - 4)  # size / scale lies in [8, 16)
     return -(-size // scale) * scale
 

@@ -31,6 +31,7 @@ Shapes: R rows (the flattened leading axes), nc chunks of C slots, S sequences, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -48,8 +49,8 @@ class Result(NamedTuple):
     """What `attention` returns.
 
     out : (*B, N, Dv) in the compute dtype.
-    state : the state after each sequence, leading axes (S, *B), its `length` an integer
-        array (S,); None unless asked for (causal calls).
+    state : the state after each sequence, leading axes (S, *B), its `length` 0 (the caller
+        keeps the counts on the host); None unless asked for (causal calls).
     overflow : 0-d bool, True where finite keys gave default logits that are not finite
         (spec 8: the caller raises, `zeros_ref.kernel.check_default_logits`'s error).
     """
@@ -60,8 +61,9 @@ class Result(NamedTuple):
 
 
 def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, Any, Any],
-              state: State, plan: Plan, *, causal: bool, return_state: bool, fresh: bool,
-              gather: bool, slab: int, scan: Scan | None = None, depth: Any = None) -> Result:
+              state: State, counts: Any, plan: Plan, *, causal: bool, return_state: bool,
+              gather: bool, slab: int, scan: Scan | None = None,
+              depth: Any = None, exact: Callable[[Any], Any] | None = None) -> Result:
     """ZeroS attention of validated inputs, every chunk in array-API calls.
 
     Parameters
@@ -72,13 +74,12 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     logits : (*B, N) array, or None for the default logits (ZS-LOG-DEFAULT).
     gates : g1, gh, g0, each (*B, N) (broadcast).
     state : State
-        The state before each sequence, leading axes (S, *B); its `length` an integer
-        array (S,) (host ints may be passed as an array too).
+        The state before each sequence, leading axes (S, *B); its `length` is not read.
+    counts : (S,) integer array, the tokens each initial state holds.
     plan : Plan
         The chunk plan of the call's sequences (`plan.plan`), nc a multiple of `slab`.
     causal : spec 4.2 or 4.3.
     return_state : return the state after each sequence (causal only).
-    fresh : every sequence starts empty (its sums are then never formed).
     gather : the tokens reach their slots by the plan's ``token`` indices and return by its
         ``place`` (a packed call, or one padded to a bucket); else the plan is one sequence of
         the N tokens of each row, then padding.
@@ -86,6 +87,9 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     scan : the `Scan` over slabs; None for a Python loop.
     depth : D of the default logits' 1/sqrt(D), a 0-d array, where q and k are zero-padded
         along D (so that a compiled form does not depend on it); None: their last axis.
+    exact : for a library whose arithmetic reads subnormal numbers as zero (XLA's), a
+        function that multiplies every vector of q and k by a power of two that brings its
+        largest entry near 1, reading the bits (so that its direction keeps such entries).
     """
     scan = loop(xp) if scan is None else scan
     batch, n, dv = tuple(q.shape[:-2]), q.shape[-2], v.shape[-1]
@@ -106,11 +110,12 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
 
     st = _batched(xp, state, (state.kv.shape[0], rows))
     valid = plan.valid[:, None, :]  # (nc, 1, C)
-    qh, bad_q = direction(xp, grid(q))
+    scaled = (lambda x: x) if exact is None else exact
+    qh, bad_q = direction(xp, scaled(grid(q)))
     raw_k = xp.where(valid[..., None], grid(k), 0.0)  # padding keys are zero
-    kh, bad_k = direction(xp, raw_k)
+    kh, bad_k = direction(xp, scaled(raw_k))
     vc, bad_v = finite(xp, grid(v))
-    held = xp.astype(st.length, dtype)  # (S,) tokens of the initial states
+    held = xp.astype(counts, dtype)  # (S,) tokens of the initial states
     overflow = xp.asarray(False)
     if logits is None:
         depth = xp.asarray(float(raw_k.shape[-1])) if depth is None else depth
@@ -128,7 +133,7 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     spoilt = segmented_scan(xp, within[..., -1], plan.start, xp.logical_or)  # (nc, R)
     vectors = (qh, kh, xp.where(valid[..., None], vc, 0.0))
     if causal:
-        out, end = _causal(xp, vectors, raw_k, s, (g1, gh, g0), st, plan, held, fresh=fresh,
+        out, end = _causal(xp, vectors, raw_k, s, (g1, gh, g0), st, plan, held,
                            finals=return_state, slab=slab, scan=scan)
         earlier = exclusive(xp, xp.astype(spoilt, xp.int32), plan.start) > 0
         reached = bad_rows | within | earlier[..., None]
@@ -151,8 +156,8 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
 
 
 def _batched(xp: Any, state: State, batch: tuple[int, ...]) -> State:
-    """`state` with its leading axes reshaped to `batch`, its `length` (S,) kept."""
-    return replace(replace(state, length=0).with_batch(xp, batch), length=state.length)
+    """`state` with its leading axes reshaped to `batch` (its `length` is not read)."""
+    return replace(state, length=0).with_batch(xp, batch)
 
 
 def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: bool,
@@ -183,12 +188,12 @@ def _counts(xp: Any, plan: Plan, held: Any) -> Any:
 
 
 def _causal(xp: Any, vectors: tuple[Any, Any, Any], raw_k: Any, s: Any,
-            gates: tuple[Any, Any, Any], st: State, plan: Plan, held: Any, *, fresh: bool,
+            gates: tuple[Any, Any, Any], st: State, plan: Plan, held: Any, *,
             finals: bool, slab: int, scan: Scan) -> tuple[Any, State | None]:
     """Spec 4.2 for every chunk of every sequence: frames and means, then the slabs.
 
     Returns the outputs (nc, R, C, Dv) and, with `finals`, the state after each sequence
-    (leading axes (S, R), its `length` an array; an empty sequence's is its initial state)."""
+    (leading axes (S, R), its `length` 0; an empty sequence's is its initial state)."""
     qh, kh, vc = vectors
     valid = plan.valid[:, None, :]
     start = plan.start[:, None]  # (nc, 1)
@@ -218,14 +223,14 @@ def _causal(xp: Any, vectors: tuple[Any, Any, Any], raw_k: Any, s: Any,
                   decay=xp.exp(m_prev[..., None] - m_row), mean=mean, first=gates[0],
                   higher=gates[1], zero=gates[2], m_prev=m_prev, m_end=m_end, s_ref=s_ref,
                   t=t, start=plan.start, segment=plan.segment)
-    init = None if fresh else _sums_from_state(xp, st)
+    init = _sums_from_state(xp, st)  # zeros for an empty state
     _, out, sums = _run_slabs(xp, fields, init, plan, outputs=True, finals=finals, slab=slab,
                               scan=scan)
     if not finals:
         return out, None
     keys = segmented_scan(xp, xp.sum(raw_k, axis=-2), plan.start, xp.add)  # (nc, R, D)
     end = _state_from_sums(
-        xp, sums, length=st.length + xp.astype(_lengths(xp, plan), st.length.dtype),
+        xp, sums, length=0,
         frame=xp.take(m_end, plan.tail, axis=0), reference=s_ref_seq,
         mean=xp.permute_dims(xp.take(xp.reshape(xp.permute_dims(mean, (1, 0, 2)),
                                                 (rows, -1)), plan.last, axis=1), (1, 0)),
@@ -279,7 +284,7 @@ def _sums_from_state(xp: Any, st: State) -> Sums:
     return Sums(f=st.kv[..., State.F, :, :], e=st.normaliser, g=g, h=h)
 
 
-def _state_from_sums(xp: Any, sums: Sums, *, length: Any, frame: Any, reference: Any,
+def _state_from_sums(xp: Any, sums: Sums, *, length: int, frame: Any, reference: Any,
                      mean: Any, key_sum: Any) -> State:
     """The state of spec 5.1 from the sums after each sequence (S, R, ...): F and E in the
     frame `frame` (the running max), ``G = G' - (sbar - s_ref) H``, ``mean_offset = sbar -
