@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from .plan import ChunkPlan, segmented_scan
+from .plan import ChunkPlan, runs, segmented_scan, to_tokens
 from .screen import Screened, directions
 
 __all__ = ["bidirectional", "recomputed"]
@@ -27,12 +27,13 @@ def recomputed(step: Callable[..., Any], *args: Any) -> Any:
 
 def bidirectional(clean: Screened, plan: ChunkPlan, slab_size: int) -> torch.Tensor:
     """Spec 4.3 for every sequence of `plan`: one whole-sequence state each, read by every
-    row of the sequence with its length n. Returns (R, L, Dv).
+    row of the sequence with its length n. Returns the outputs of the tokens, (R, N, Dv).
 
     Each sequence's frame is its own max, which is also its reference logit. The sums are
     taken a slab of chunks at a time (K_c^T [w v, rel v, v] per chunk, added into the
-    sequence's) and read the same way, so that the temporaries stay a slab's."""
-    rows, length = clean.s.shape
+    sequence's) and read the same way, each slab's run of tokens laid out in its slots
+    (`screen.directions`), so that the temporaries stay a slab's."""
+    rows = clean.s.shape[0]
     chunk, nc, count = plan.chunk, plan.chunks, plan.count
     d, dv = clean.q.shape[-1], clean.v.shape[-1]
     valid = plan.valid.reshape(nc, chunk)
@@ -47,13 +48,16 @@ def bidirectional(clean: Screened, plan: ChunkPlan, slab_size: int) -> torch.Ten
     e, mean = (per_seq[..., j][plan.segment].T for j in range(2))  # (R, nc) each
     mean = mean / lengths  # sbar - s_ref
     sums = s.new_zeros((count, rows, 3 * d, dv))
-    pieces = list(zip(*(torch.split(x, slab_size, dim=1) for x in (
-        clean.q.reshape(rows, nc, chunk, d), clean.k.reshape(rows, nc, chunk, d),
-        clean.v.reshape(rows, nc, chunk, dv), clean.q_peak.reshape(rows, nc, chunk),
-        clean.k_peak.reshape(rows, nc, chunk), w, rel)), strict=True))
-    segments = torch.split(plan.segment, slab_size)
-    for (q, k, v, q_peak, k_peak, w_c, rel_c), seg in zip(pieces, segments, strict=True):
-        _, kh, vc = recomputed(directions, q, k, v, q_peak, k_peak)
+    held = runs(plan.bounds, slab_size)
+    pieces = list(zip(*(torch.split(x, held, dim=1) for x in (clean.q, clean.k, clean.v)),
+                      torch.split(plan.token.reshape(nc, chunk), slab_size),
+                      torch.split(plan.place, held),
+                      *(torch.split(x.reshape(rows, nc, chunk), slab_size, dim=1)
+                        for x in (clean.q_peak, clean.k_peak)),
+                      torch.split(w, slab_size, dim=1), torch.split(rel, slab_size, dim=1),
+                      torch.split(plan.segment, slab_size), strict=True))
+    for q, k, v, token, _, q_peak, k_peak, w_c, rel_c, seg in pieces:
+        _, kh, vc = recomputed(directions, q, k, v, token, q_peak, k_peak)
         keys = torch.cat([w_c[..., None] * kh, rel_c[..., None] * kh, kh], dim=-1)
         update = keys.transpose(-1, -2) @ vc  # (R, S, 3D, Dv)
         sums.index_add_(0, seg, update.transpose(0, 1))
@@ -63,11 +67,11 @@ def bidirectional(clean: Screened, plan: ChunkPlan, slab_size: int) -> torch.Ten
     c_all = (clean.zero.reshape(rows, nc, chunk) - clean.higher.reshape(rows, nc, chunk)) \
         / lengths[:, None] - b_all * mean[..., None]
     outs, at = [], 0
-    for (q, k, v, q_peak, k_peak, _, _), seg in zip(pieces, segments, strict=True):
+    for q, k, v, token, place, q_peak, k_peak, _, _, seg in pieces:
         size = seg.shape[0]
-        qh, _, _ = recomputed(directions, q, k, v, q_peak, k_peak)
+        qh, _, _ = recomputed(directions, q, k, v, token, q_peak, k_peak)
         coef = (x[:, at:at + size, :, None] for x in (a_all, b_all, c_all))
         query = torch.cat([x * qh for x in coef], dim=-1)  # (R, S, C, 3D)
-        outs.append(query @ sums.index_select(0, seg).transpose(0, 1))
+        outs.append(to_tokens(query @ sums.index_select(0, seg).transpose(0, 1), place))
         at += size
-    return torch.cat(outs, dim=1).reshape(rows, length, dv)
+    return torch.cat(outs, dim=1)

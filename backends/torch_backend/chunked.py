@@ -15,7 +15,12 @@ causal call and hands them to a `Form`, which computes their outputs:
    that no copy of q, k or v the size of the call is made). Every form therefore computes on
    the same finite numbers; then the rows a non-finite value reaches (its own row for q and
    the gates, every later row for k, v and the logits) are set to NaN, as is a returned
-   state: `where` selections and masks, never a branch on tensor data.
+   state: `where` selections and masks, never a branch on tensor data. Only what is small
+   (logits, gates, peaks: (R, L)) is laid out in the chunk plan's slots for the whole call;
+   the vectors stay per token, and a form lays out the run of tokens a slab holds (a view
+   where it holds no padding) and writes its outputs back per token, so that a packed call
+   makes no whole-call copy either (fresh memory of that size costs more than the copy: its
+   pages are faulted in on every call).
 2. **Frames** (`_causal`). Row t keeps its own running max m_t (a `cummax`), so within a
    chunk the C x C weights ``exp(s_i - m_t)`` are exact for every row (spec 4.2, steps 1-4).
    Between chunks the sums after chunk c are kept relative to M_c, the running max at its end
@@ -34,10 +39,10 @@ causal call and hands them to a `Form`, which computes their outputs:
 The seam: `Chunks` and `Sums`, their frames and reference logits
 -----------------------------------------------------------------
 A form reads `Chunks` and the `Sequences` (each sequence's initial `Sums`), and returns the
-outputs of every chunk and, when asked, the `Sums` after each sequence's last chunk; both are
-used by field name only. Shapes: R rows (the flattened leading axes), nc chunks of C slots
-laid out by the call's chunk plan (`plan`: a dense call's N tokens, then padding; a packed
-call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the frames:
+outputs of every token and, when asked, the `Sums` after each sequence's last chunk; both are
+used by field name only. Shapes: R rows (the flattened leading axes), N tokens, nc chunks of
+C slots laid out by the call's chunk plan (`plan`: a dense call's N tokens, then padding; a
+packed call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the frames:
 
 - s_ref, the reference logit of a sequence: the running max m of its initial state when that
   holds tokens, else its first logit. Every row of the sequence sees it, so sums about it
@@ -46,16 +51,21 @@ call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the f
   chunk starts a sequence.
 
 `Chunks` (finite but for q, k, v and their peaks, which a form reads only through
-`Chunks.vectors`; padding tokens have s = rel = w = 0 and zero vectors):
+`Chunks.vectors`; padding slots have s = rel = w = 0 and zero keys; a form returns its
+outputs per token through `Chunks.tokens`):
 
     field     shape           holds                                  frame or reference
     t         (nc, C)         n_t, tokens up to row t, state's too   -
-    q, k      (R, nc, C, D)   the vectors as given (`vectors`: unit  -
+    q, k      (R, N, D)       the tokens' vectors as given           -
+                              (`vectors`: in the slots, unit
                               directions, 0 if not finite)
-    v         (R, nc, C, Dv)  the values as given (`vectors`:        -
-                              non-finite entries 0)
+    v         (R, N, Dv)      the tokens' values as given            -
+                              (`vectors`: non-finite entries 0)
+    token     (nc, C)         the token in each slot                 -
+    place     (N,)            the slot of each token                 -
     q_peak,   (R, nc, C)      largest magnitude of q_t, k_t; NaN or  -
     k_peak                    inf where the vector is not finite
+                              (and inf for padding keys)
     s         (R, nc, C)      the logits s_i                         absolute
     rel       (R, nc, C)      s_i - s_ref                            about s_ref
     w         (R, nc, C)      exp(s_i - M_c) <= 1, the key weight    frame M_c of its chunk
@@ -71,6 +81,8 @@ call's sequences in chunks of their own), D and Dv. Two kinds of logit fix the f
     segment   (nc,)           the sequence of each chunk             -
     start     (nc,)           the chunk starts its sequence          -
     end       (nc,)           the chunk ends its sequence            -
+    bounds    nc + 1 ints     chunk c holds tokens bounds[c] ..      -
+                              bounds[c + 1] - 1 (host)
 
 `Sums` (the sums of spec 4.1 over the tokens absorbed so far, each row its own):
 
@@ -100,8 +112,8 @@ import torch.utils.checkpoint
 from zeros_ref.kernel import Inputs, State
 
 from .bidirectional import bidirectional
-from .logits import default_logits
-from .plan import ChunkPlan, counts, dense_plan, packed_plan, per_chunk, segmented_scan
+from .logits import default_logits, key_sums
+from .plan import ChunkPlan, counts, dense_plan, in_slots, packed_plan, per_chunk, segmented_scan
 from .screen import Screened, screen
 from .slab import Chunks, Sequences, Sums, slab
 
@@ -118,7 +130,7 @@ backward."""
 
 
 Form = Callable[[Chunks, Sequences], tuple[torch.Tensor, Sums | None]]
-"""A chunked causal form: the outputs (R, nc, C, Dv) of every chunk and, if
+"""A chunked causal form: the outputs (R, N, Dv) of every token (`Chunks.tokens`) and, if
 ``sequences.finals``, the sums after each sequence's last chunk (leading axes (S, R), F and
 E in the frame ``m_end`` of that chunk; zeros for an empty sequence, whose state the caller
 keeps), from `Chunks` and `Sequences`. A chunk whose ``start`` is set begins from its
@@ -246,24 +258,18 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
     st = state.with_batch(torch, (plan.count, rows)) if packed else _one_sequence(state, rows)
     length = plan.chunks * chunk
 
-    def grid(x: torch.Tensor, *tail: int) -> torch.Tensor:  # (R, nc C, ...)
-        x = x.reshape(rows, n, *tail)
+    def grid(x: torch.Tensor) -> torch.Tensor:  # (R, L): per token to per slot
+        x = x.reshape(rows, n)
         if x.stride(1) == 0:  # the same at every token (a gate given as a number)
-            return x[:, :1].expand(rows, length, *tail)
-        if packed:
-            return _gathered(x, plan.token)
-        pad = length - n
-        return torch.nn.functional.pad(x, (0, 0) * len(tail) + (0, pad)) if pad else x
+            return x[:, :1].expand(rows, length)
+        return in_slots(x, plan)
 
-    q, k, v = grid(inp.q, d), grid(inp.k, d), grid(inp.v, dv)  # (R, L, D), (R, L, Dv)
-    if packed:  # padding slots hold copies of tokens: their values must not count (w and
-        v = v.masked_fill_(~plan.valid[:, None], 0.0)  # rel are 0 there; v is a fresh copy)
+    # The vectors stay per token, as given (views): forms lay them out a slab at a time.
+    q, k, v = inp.q.reshape(rows, n, d), inp.k.reshape(rows, n, d), inp.v.reshape(rows, n, dv)
     s = default_logits(k, st, causal, plan, slab_size) if inp.logits is None else grid(
         inp.logits)  # (R, L)
     # Non-finite values, once, whatever form computes the chunks (ZS-ERR-NONFINITE, -V).
-    clean = screen(q, k, v, s, (grid(inp.first), grid(inp.higher), grid(inp.zero)))
-    clean = clean._replace(bad_rows=clean.bad_rows & plan.valid,
-                           bad_keys=clean.bad_keys & plan.valid)
+    clean = screen(q, k, v, s, (grid(inp.first), grid(inp.higher), grid(inp.zero)), plan)
     bad = clean.bad_keys.reshape(rows, plan.chunks, chunk)
     within = torch.cumsum(bad.to(torch.int32), dim=-1) > 0  # (R, nc, C)
     spoilt = segmented_scan(within[..., -1], plan.start, torch.logical_or)  # (R, nc)
@@ -279,21 +285,12 @@ def attention(inp: Inputs, state: State, *, causal: bool, chunk: int, return_sta
         out = bidirectional(clean, plan, slab_size)
         whole = spoilt[:, plan.tail][:, plan.segment]  # (R, nc): the chunk's sequence
         reached = clean.bad_rows | whole.repeat_interleave(chunk, dim=1)
-    out = _poisoned(out, reached)
-    out = _gathered(out, plan.place) if packed else out[:, :n]
+    out = _poisoned(out, reached.index_select(1, plan.place))  # (R, N, Dv)
     out = out.reshape(*batch, n, dv).to(inp.dtype)
     if end is None:
         return out, None
     return out, (end.with_batch(torch, (plan.count, *batch)) if packed
                  else replace(end, length=end.length[0]).with_batch(torch, batch))
-
-
-def _gathered(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[:, index]`` for x (R, n, ...), as one gather of whole vectors from the flattened
-    rows (faster than indexing the second axis)."""
-    rows, n = x.shape[:2]
-    flat = (torch.arange(rows, device=x.device)[:, None] * n + index).reshape(-1)
-    return x.reshape(rows * n, -1).index_select(0, flat).reshape(rows, -1, *x.shape[2:])
 
 
 def _one_sequence(state: State, rows: int) -> State:
@@ -302,7 +299,7 @@ def _one_sequence(state: State, rows: int) -> State:
 
 
 def _poisoned(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The outputs (R, L, Dv) with NaN in the rows `rows` (R, L) says: in place, on the
+    """The outputs (R, N, Dv) with NaN in the rows `rows` (R, N) says: in place, on the
     form's fresh outputs, so that no second buffer of their size is made (its gradient is
     zero in those rows)."""
     return out.masked_fill_(rows[..., None], math.nan)
@@ -314,15 +311,14 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     `form`.
 
     `st` holds the state before each sequence, leading axes (S, R); `clean` the screened
-    inputs (R, L, ...) laid out by `plan` (its raw keys also give the key sums). Returns the
-    outputs (R, L, Dv) and, with `return_state`, the state after each sequence, leading axes
-    (S, R) (the caller spoils it where a non-finite value was met; an empty sequence's is its
-    initial state).
+    inputs, the vectors per token (R, N, ...) (its raw keys also give the key sums), the rest
+    laid out by `plan` (R, L). Returns the outputs (R, N, Dv) and, with `return_state`, the
+    state after each sequence, leading axes (S, R) (the caller spoils it where a non-finite
+    value was met; an empty sequence's is its initial state).
     """
     s = clean.s
     rows, length = s.shape
     chunk, nc = plan.chunk, plan.chunks
-    dv, d = clean.v.shape[-1], clean.q.shape[-1]
     valid = plan.valid.reshape(nc, chunk)  # real tokens, not padding
     held = torch.tensor(st.length, dtype=s.dtype, device=s.device)  # (S,) tokens of states
     # s_ref of each sequence, a logit every row of it sees: the state's running max, or
@@ -351,31 +347,28 @@ def _causal(st: State, clean: Screened, plan: ChunkPlan, form: Form,
     w = torch.exp(torch.where(valid, s.reshape(rows, nc, chunk) - m_end[..., None],
                               float("-inf")))  # (R, nc, C)
 
-    def per_chunk(x: torch.Tensor, *tail: int) -> torch.Tensor:
-        return x.reshape(rows, nc, chunk, *tail)
+    def per_chunk(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(rows, nc, chunk)
 
-    chunks = Chunks(t=t, q=per_chunk(clean.q, d), k=per_chunk(clean.k, d),
-                    v=per_chunk(clean.v, dv), q_peak=per_chunk(clean.q_peak),
+    chunks = Chunks(t=t, q=clean.q, k=clean.k, v=clean.v, token=plan.token.reshape(nc, chunk),
+                    place=plan.place, q_peak=per_chunk(clean.q_peak),
                     k_peak=per_chunk(clean.k_peak), s=per_chunk(s), rel=rel, w=w,
                     m_row=m_row, decay=torch.exp(m_prev[..., None] - m_row),
                     mean=mean_rel, first=per_chunk(clean.first),
                     higher=per_chunk(clean.higher), zero=per_chunk(clean.zero),
                     m_prev=m_prev, m_end=m_end, s_ref=s_ref, segment=plan.segment,
-                    start=plan.start, end=plan.end)
+                    start=plan.start, end=plan.end, bounds=plan.bounds)
     fresh = not any(st.length)  # every sequence starts empty: its sums are zero
     sequences = Sequences(init=None if fresh else sums_from_state(st), count=plan.count,
                           finals=return_state)
     out, after = form(chunks, sequences)  # F in the frame M_{-1} = s_ref = m
-    out = out.reshape(rows, length, dv)
     if not return_state:
         return out, None
-    key_sums = torch.einsum("rncd,nc->nrd", clean.k.reshape(rows, nc, chunk, d),
-                            valid.to(clean.k.dtype))  # (nc, R, D), padding keys left out
     lengths = tuple(a + b for a, b in zip(st.length, plan.lengths, strict=True))
     end = state_from_sums(after, length=lengths, frame=m_end[:, plan.tail].T,
                           reference=s_ref_seq.T,
                           mean=mean_rel.reshape(rows, length)[:, plan.last].T,
-                          key_sum=st.key_sum.index_add(0, plan.segment, key_sums))
+                          key_sum=st.key_sum + key_sums(clean.k, plan))
     return out, _kept(end, st, plan.filled)
 
 
@@ -412,7 +405,7 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
     Returns
     -------
     out : torch.Tensor
-        (R, nc, C, Dv), the outputs of every chunk.
+        (R, N, Dv), the outputs of every token.
     finals : Sums or None
         The sums after each sequence's last chunk, leading axes (S, R), F and E in the frame
         of its ``m_end`` (zeros for an empty sequence); None unless ``sequences.finals``.
@@ -422,17 +415,17 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
         or (sequences.init is not None
             and any(x.requires_grad for x in sequences.init.by_name().values())))
     size = min(slab_size, SLAB_TRAINING) if recording else slab_size
-    rows, nc, chunk, dv = chunks.v.shape
+    rows, tokens, dv = chunks.v.shape
     d = chunks.q.shape[-1]
-    out = chunks.v.new_empty((rows, nc, chunk, dv))
+    out = chunks.v.new_empty((rows, tokens, dv))
     carry = Sums(f=out.new_zeros((rows, d, dv)), e=out.new_zeros((rows,)),
                  g=out.new_zeros((rows, d, dv)), h=out.new_zeros((rows, d, dv)))
     finals = carry.map(lambda x: x.new_zeros((sequences.count + 1, *x.shape)))
-    # Each slab's output is copied into place at once, so that its buffer is reused by the
-    # next slab rather than kept until the end (fresh memory costs page faults).
+    # Each slab's output is copied into place at once (its tokens' run of the outputs), so
+    # that its buffer is reused by the next slab rather than kept until the end (fresh
+    # memory costs page faults).
     at = 0
     for piece in chunks.split(size):
-        count = piece.start.shape[0]
         init = None if sequences.init is None else sequences.init.map(
             lambda x, seg=piece.segment: per_chunk(x, seg))  # (R, S, ...)
         if recording:  # recomputed in backward: only the slab's inputs are kept
@@ -440,11 +433,12 @@ def slabs(chunks: Chunks, sequences: Sequences, *,
                                                                  use_reentrant=False)
         else:
             piece_out, after = slab(piece, carry, init)
-        out[:, at:at + count] = piece_out
+        held = piece.v.shape[1]
+        out[:, at:at + held] = piece.tokens(piece_out)
         carry = after.map(lambda x: x[:, -1])
         if sequences.finals:  # the sums after each sequence's last chunk; others to slot S
             slot = torch.where(piece.end, piece.segment, sequences.count)
             for name, x in after.by_name().items():
                 getattr(finals, name).index_copy_(0, slot, x.transpose(0, 1))
-        at += count
+        at += held
     return out, (finals.map(lambda x: x[:-1]) if sequences.finals else None)

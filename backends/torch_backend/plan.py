@@ -9,11 +9,19 @@ to one sequence; a chunk that starts one begins from that sequence's initial sta
 sums after the last chunk of a sequence are its final state. The padding costs at most C - 1
 slots per sequence, never the padding to the longest sequence.
 
-`ChunkPlan` holds both what the host needs (the offsets, as Python ints, for the shapes and
-the lengths of the returned states) and what the device reads (index tensors). Making one
-reads ``cu_seqlens`` on the host once (a device sync where it lives on a GPU); a caller that
-runs many calls on the same batch, as the layers of a model do, makes the plan once with
-`chunk_plan` and passes it to every call, which then makes no host sync at all.
+Every chunk holds consecutive tokens, and consecutive chunks consecutive runs of them: the
+slots of chunks c0 .. c1 - 1 read exactly the tokens ``bounds[c0] .. bounds[c1] - 1``, the
+padding slots a copy of their chunk's last token. A form that walks the chunks a slab at a
+time therefore reads and writes a contiguous run of the call's tokens per slab (a view of the
+inputs, and of the outputs), gathers only where a slab holds padding, and never copies the
+whole call into the plan's layout.
+
+`ChunkPlan` holds both what the host needs (the offsets and the chunks' bounds, as Python
+ints, for the shapes, the runs of tokens and the lengths of the returned states) and what the
+device reads (index tensors). Making one reads ``cu_seqlens`` on the host once (a device sync
+where it lives on a GPU); a caller that runs many calls on the same batch, as the layers of a
+model do, makes the plan once with `chunk_plan` and passes it to every call, which then makes
+no host sync at all.
 """
 
 from __future__ import annotations
@@ -27,23 +35,24 @@ import torch
 
 from zeros_ref.kernel import State, host_offsets
 
-__all__ = ["ChunkPlan", "check_plan", "chunk_plan", "dense_plan",
-           "packed_plan",            "segmented_scan"]
+__all__ = ["ChunkPlan", "check_plan", "chunk_plan", "counts", "dense_plan", "in_slots",
+           "packed_plan", "per_chunk", "runs", "segmented_scan", "to_slots", "to_tokens"]
 
 
 class ChunkPlan(NamedTuple):
     """The layout of a call's tokens in nc chunks of C slots (module docstring).
 
     Host fields: `offsets` (o_0 = 0, ..., o_S = T) and `chunk` (C); `packed` says whether the
-    call is a packed one (else S = 1 and the chunks are the N tokens, then padding). Device
-    fields, on the device of the call:
+    call is a packed one (else S = 1 and the chunks are the N tokens, then padding); `bounds`
+    (nc + 1 ints): chunk c holds the tokens ``bounds[c] .. bounds[c + 1] - 1`` (its first
+    slots; the rest is padding), ``bounds[nc] = T``. Device fields, on the device of the call:
 
         segment  (nc,)      int64  the sequence of each chunk
         start    (nc,)      bool   the chunk is its sequence's first
         end      (nc,)      bool   the chunk is its sequence's last
         position (nc, C)    int64  each slot's token position within its sequence (0-based)
         valid    (nc C,)    bool   the slot holds a token (not padding)
-        token    (nc C,)    int64  the packed token of each slot (a valid index for padding)
+        token    (nc C,)    int64  the packed token of each slot (padding: its chunk's last)
         place    (T,)       int64  the slot of each packed token
         first    (S,)       int64  the slot of each sequence's first token (0 if empty)
         last     (S,)       int64  the slot of each sequence's last token (0 if empty)
@@ -54,6 +63,7 @@ class ChunkPlan(NamedTuple):
     offsets: tuple[int, ...]
     chunk: int
     packed: bool
+    bounds: tuple[int, ...]
     segment: torch.Tensor
     start: torch.Tensor
     end: torch.Tensor
@@ -92,7 +102,7 @@ def _layout(lengths: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
     position = index[:, None] * chunk + np.arange(chunk)  # (nc, C)
     valid = position < lengths[segment][:, None]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    token = np.minimum(offsets[segment][:, None] + position, max(offsets[-1] - 1, 0))
+    token = np.minimum(offsets[segment][:, None] + position, offsets[segment + 1][:, None] - 1)
     slots = np.arange(nc * chunk).reshape(nc, chunk)
     filled = lengths > 0
     tail = np.where(filled, first_chunk + per - 1, 0)
@@ -108,8 +118,9 @@ def _layout(lengths: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
 def _plan(offsets: tuple[int, ...], chunk: int, device: torch.device, *,
           packed: bool) -> ChunkPlan:
     fields = _layout(np.diff(np.asarray(offsets, dtype=np.int64)), chunk)
+    bounds = (*fields["token"][::chunk].tolist(), offsets[-1])  # each chunk's first token
     tensors = {name: torch.as_tensor(x, device=device) for name, x in fields.items()}
-    return ChunkPlan(offsets=offsets, chunk=chunk, packed=packed, **tensors)
+    return ChunkPlan(offsets=offsets, chunk=chunk, packed=packed, bounds=bounds, **tensors)
 
 
 def packed_plan(offsets: tuple[int, ...], chunk: int, device: torch.device) -> ChunkPlan:
@@ -159,6 +170,7 @@ def dense_plan(n: int, chunk: int, device: torch.device) -> ChunkPlan:
     index = torch.arange(nc, device=device)
     slots = torch.arange(nc * chunk, device=device)
     return ChunkPlan(offsets=(0, n), chunk=chunk, packed=False,
+                     bounds=(*range(0, n, chunk), n),
                      segment=torch.zeros(nc, dtype=torch.int64, device=device),
                      start=index == 0, end=index == nc - 1, position=slots.view(nc, chunk),
                      valid=slots < n, token=slots.clamp(max=n - 1),
@@ -202,6 +214,42 @@ def segmented_scan(x: torch.Tensor, start: torch.Tensor,
         flag = torch.cat([flag[:step], flag[step:] | flag[:-step]])
         step *= 2
     return value
+
+
+def in_slots(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """A per-token `x` (R, N, ...) laid out in the slots of `plan`, (R, L, ...) with L = nc C:
+    one gather (a padding slot holds its chunk's last token). For what is small (logits,
+    gates, peaks); the vectors are laid out a slab at a time (`to_slots`)."""
+    return x.index_select(1, plan.token)
+
+
+def runs(bounds: tuple[int, ...], size: int) -> list[int]:
+    """The number of tokens each slab of `size` consecutive chunks holds (the last slab may
+    be shorter), from the chunks' `bounds` (nc + 1 ints, `ChunkPlan.bounds`)."""
+    nc = len(bounds) - 1
+    return [bounds[min(c + size, nc)] - bounds[c] for c in range(0, nc, size)]
+
+
+def to_slots(x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """The run of tokens `x` (R, M, ...) that S consecutive chunks hold, in their slots
+    (R, S, C, ...); `token` (S, C) is the token of each slot, counted in the call (the first
+    slot holds the run's first token). A view where no slot is padding (M = S C, as in every
+    slab of a dense call but its last), else one gather of the run (its copy the size of the
+    slabs, never of the call)."""
+    rows, (count, chunk) = x.shape[0], token.shape
+    if x.shape[1] != count * chunk:
+        x = x.index_select(1, (token - token[:1, :1]).reshape(-1))
+    return x.reshape(rows, count, chunk, *x.shape[2:])
+
+
+def to_tokens(out: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
+    """The outputs (R, S, C, ...) of the slots of S consecutive chunks as the outputs of the
+    run of tokens they hold, (R, M, ...); `place` (M,) is the slot of each token, counted in
+    the call (the run's first token sits in the first slot). A view where no slot is padding,
+    else one gather; the inverse of `to_slots`."""
+    rows, count, chunk = out.shape[:3]
+    flat = out.reshape(rows, count * chunk, *out.shape[3:])
+    return flat if place.shape[0] == count * chunk else flat.index_select(1, place - place[:1])
 
 
 def per_chunk(x: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,18 @@ values were, so that `chunked.attention` sets to NaN the rows they reach (its ow
 query or a gate; every later row, and the state, for a key, a value or a logit), with `where`
 selections, never a branch on tensor data.
 
-The vectors themselves are not copied: whole-call copies of q, k and v would cost a pass over
-memory each. A form reads them through `directions`, with the peaks of the screening, where
-it needs them (the default form a slab at a time, so that the temporaries stay in the caches;
-Triton's for the whole call): unit directions of q and k, a zero vector where the screening
-found a non-finite value, and the values with non-finite entries zero. Every form therefore
+The vectors themselves are neither copied nor laid out in the chunk plan's slots: whole-call
+copies of q, k and v would cost a pass over memory each, and fresh memory of that size costs
+more still (its pages are faulted in on every call). A form reads them through `directions`,
+with the peaks of the screening, where it needs them (the default form a slab at a time, so
+that the temporaries stay in the caches; Triton's for the whole call): the run of tokens the
+chunks hold, laid out in their slots (`plan.to_slots`: a view unless a slot is padding), as
+unit directions of q and k, a zero vector where the screening found a non-finite value or
+the slot is padding, and the values with non-finite entries zero. Every form therefore
 computes on the same finite numbers.
 
-Shapes: R rows (the flattened leading axes), L tokens (padding included), D and Dv.
+Shapes: R rows (the flattened leading axes), N tokens, L = nc C slots of the chunk plan
+(padding included), D and Dv.
 """
 
 from __future__ import annotations
@@ -26,19 +30,22 @@ from typing import NamedTuple
 
 import torch
 
+from .plan import ChunkPlan, in_slots, to_slots
+
 __all__ = ["Screened", "directions", "screen"]
 
 
 class Screened(NamedTuple):
-    """The inputs of a call as the screening leaves them (R rows, L tokens); used by field
-    name. The logits and gates are finite; the vectors are as given, to be read through
-    `directions` with their peaks."""
+    """The inputs of a call as the screening leaves them (R rows, N tokens laid out in L slots
+    by the chunk plan); used by field name. The logits and gates are finite; the vectors are
+    as given, per token, to be read through `directions` with their peaks, which are per
+    slot."""
 
-    q: torch.Tensor  # (R, L, D) query vectors, as given
-    k: torch.Tensor  # (R, L, D) key vectors, as given
-    v: torch.Tensor  # (R, L, Dv) values, as given
+    q: torch.Tensor  # (R, N, D) query vectors, as given
+    k: torch.Tensor  # (R, N, D) key vectors, as given
+    v: torch.Tensor  # (R, N, Dv) values, as given
     q_peak: torch.Tensor  # (R, L) largest magnitude of q_t: NaN or inf where not finite
-    k_peak: torch.Tensor  # (R, L) largest magnitude of k_t: NaN or inf where not finite
+    k_peak: torch.Tensor  # (R, L) the same for k_t; inf in padding slots (zero keys there)
     s: torch.Tensor  # (R, L) logits
     first: torch.Tensor  # (R, L) gate g1
     higher: torch.Tensor  # (R, L) gate gh
@@ -48,45 +55,53 @@ class Screened(NamedTuple):
 
 
 def screen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
-           gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Screened:
+           gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor], plan: ChunkPlan) -> Screened:
     """The inputs of a call screened for non-finite values (ZS-ERR-NONFINITE, -V).
 
     Parameters
     ----------
     q, k : torch.Tensor
-        (R, L, D) raw vectors, of the compute dtype.
+        (R, N, D) raw vectors of the call's tokens, of the compute dtype.
     v : torch.Tensor
-        (R, L, Dv) raw values.
+        (R, N, Dv) raw values.
     s : torch.Tensor
-        (R, L) logits (given or default).
+        (R, L) logits (given or default), laid out in the slots of `plan`.
     gates : tuple of torch.Tensor
-        The gates g1, gh, g0, (R, L) each.
+        The gates g1, gh, g0, (R, L) each, laid out the same way.
+    plan : ChunkPlan
+        The chunk plan of the call.
 
     Returns
     -------
     Screened
         The logits and gates with zeros where they were not finite; the vectors as given
-        (not copied) with the peaks of q and k, which `directions` needs; and the rows and
-        keys that held a non-finite value. Reductions and (R, L) selections only: nothing of
-        the size of q, k or v is made.
+        (not copied) with the peaks of q and k in the slots, which `directions` needs (the
+        peak of a padding key is inf: `directions` makes it a zero vector, so that no form
+        counts it); and the rows and keys of real tokens that held a non-finite value.
+        Reductions and (R, L) selections only: nothing of the size of q, k or v is made.
     """
     s, bad_s = _finite(s)
     (first, bad_first), (higher, bad_higher), (zero, bad_zero) = (_finite(g) for g in gates)
-    q_peak, k_peak, v_peak = _peak(q), _peak(k), _peak(v)  # (R, L) each
-    bad_rows = bad_first | bad_higher | bad_zero | _broken(q_peak)
-    bad_keys = _broken(torch.maximum(k_peak, v_peak)) | bad_s  # maximum keeps NaN
-    return Screened(q=q, k=k, v=v, q_peak=q_peak, k_peak=k_peak, s=s, first=first,
+    q_peak, k_peak, v_peak = (in_slots(_peak(x), plan) for x in (q, k, v))  # (R, L) each
+    bad_rows = (bad_first | bad_higher | bad_zero | _broken(q_peak)) & plan.valid
+    bad_keys = (_broken(torch.maximum(k_peak, v_peak)) | bad_s) & plan.valid  # keeps NaN
+    return Screened(q=q, k=k, v=v, q_peak=q_peak,
+                    k_peak=k_peak.masked_fill_(~plan.valid, math.inf), s=s, first=first,
                     higher=higher, zero=zero, bad_rows=bad_rows, bad_keys=bad_keys)
 
 
-def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_peak: torch.Tensor,
-               k_peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unit directions of q and k (..., D) and finite values (..., Dv), from the vectors as
-    given and the peaks (...,) of q and k that `screen` took: a vector of q or k that holds a
-    non-finite entry becomes a zero vector, and so do the non-finite entries of the values.
-    Each vector is divided by its largest magnitude before its norm is taken, so the
-    direction is exact for any finite scale. Fresh tensors (the inputs are not written);
-    any leading axes, any strides."""
+def directions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token: torch.Tensor,
+               q_peak: torch.Tensor, k_peak: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit directions of q and k (R, S, C, D) and finite values (R, S, C, Dv) in the slots
+    of S consecutive chunks, from the run of tokens they hold as given, q, k (R, M, D) and v
+    (R, M, Dv), the token of each slot `token` (S, C) (`plan.to_slots`) and the peaks
+    (R, S, C) of q and k that `screen` took: a vector of q or k that holds a non-finite entry
+    (or a key whose peak is inf, as in a padding slot) becomes a zero vector, and so do the
+    non-finite entries of the values. Each vector is divided by its largest magnitude before
+    its norm is taken, so the direction is exact for any finite scale. Fresh tensors (the
+    inputs are not written); the runs in any strides."""
+    q, k, v = (to_slots(x, token) for x in (q, k, v))
     return _unit(q, q_peak), _unit(k, k_peak), torch.nan_to_num(v, 0.0, 0.0, 0.0)
 
 

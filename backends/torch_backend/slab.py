@@ -4,8 +4,8 @@ consecutive chunks at once, given the sums before the slab; and the seam every f
 
 Shapes: R rows, S chunks of C tokens, D and Dv. Everything here is a product or an
 elementwise operation on tensors of one slab, the unit directions included (taken from the
-slab's vectors as given, `screen.directions`), so its temporaries stay small and are reused
-by the allocator from slab to slab.
+run of tokens the slab holds, as given, `screen.directions`), so its temporaries stay small
+and are reused by the allocator from slab to slab.
 """
 
 from __future__ import annotations
@@ -16,29 +16,34 @@ from typing import NamedTuple
 
 import torch
 
+from .plan import runs, to_tokens
 from .screen import directions
 
-__all__ = ["Chunks", "Sequences", "Sums", "links", "slab"]
+__all__ = ["TENSORS", "Chunks", "Sequences", "Sums", "links", "slab"]
 
 
 class Chunks(NamedTuple):
     """What the chunk step of spec 4.2 reads, for every chunk of a causal call; used by field
     name only (``chunks.q``), never by position.
 
-    Shapes: R rows, nc chunks of C tokens, D and Dv, all of the compute dtype; padding tokens
-    (after the N real ones) have s = rel = w = 0 and zero vectors. Every field is finite but
-    the vectors, which are as the caller gave them (no whole-call copy), and their peaks: a
-    form reads those only through `vectors`, which gives finite unit directions and values.
-    Frames: m_row is row t's running max m_t, m_prev and m_end the running max before and at
-    the end of each chunk (M_{c-1}, M_c); s_ref is the call's reference logit.
+    Shapes: R rows, nc chunks of C slots holding the run of N tokens ``bounds[0] ..
+    bounds[nc] - 1`` (the chunk plan's), D and Dv, all of the compute dtype; padding slots
+    have s = rel = w = 0 and zero keys. Every field is finite but the vectors, which are the
+    tokens' as the caller gave them (views: no whole-call copy, not laid out in slots), and
+    their peaks: a form reads those only through `vectors`, which gives finite unit
+    directions and values in the slots, and returns outputs per token (`tokens`). Frames:
+    m_row is row t's running max m_t, m_prev and m_end the running max before and at the end
+    of each chunk (M_{c-1}, M_c); s_ref is the call's reference logit.
     """
 
     t: torch.Tensor  # (nc, C) the count of tokens seen up to each row, state included
-    q: torch.Tensor  # (R, nc, C, D) query vectors as given (read through `vectors`)
-    k: torch.Tensor  # (R, nc, C, D) key vectors as given (read through `vectors`)
-    v: torch.Tensor  # (R, nc, C, Dv) values as given (read through `vectors`)
+    q: torch.Tensor  # (R, N, D) query vectors of the tokens, as given (read through `vectors`)
+    k: torch.Tensor  # (R, N, D) key vectors of the tokens, as given (read through `vectors`)
+    v: torch.Tensor  # (R, N, Dv) values of the tokens, as given (read through `vectors`)
+    token: torch.Tensor  # (nc, C) int64 the token in each slot (padding: its chunk's last)
+    place: torch.Tensor  # (N,) int64 the slot of each token, nc C slots counted in the call
     q_peak: torch.Tensor  # (R, nc, C) largest magnitude of q_t, NaN or inf where not finite
-    k_peak: torch.Tensor  # (R, nc, C) largest magnitude of k_t, NaN or inf where not finite
+    k_peak: torch.Tensor  # (R, nc, C) the same for k_t; inf in padding slots (zero keys)
     s: torch.Tensor  # (R, nc, C) logits
     rel: torch.Tensor  # (R, nc, C) s - s_ref
     w: torch.Tensor  # (R, nc, C) exp(s - M_c) <= 1, the key weights in their chunk's frame
@@ -54,35 +59,50 @@ class Chunks(NamedTuple):
     segment: torch.Tensor  # (nc,) int64 the sequence of each chunk (chunk plan)
     start: torch.Tensor  # (nc,) bool the chunk is its sequence's first
     end: torch.Tensor  # (nc,) bool the chunk is its sequence's last
+    bounds: tuple[int, ...]  # (nc + 1) host ints: chunk c holds tokens bounds[c] .. bounds[c+1]-1
 
     def by_name(self) -> dict[str, torch.Tensor]:
-        """The fields, name -> tensor."""
-        return {name: getattr(self, name) for name in Chunks._fields}
+        """The tensor fields (all but `bounds`), name -> tensor."""
+        return {name: getattr(self, name) for name in TENSORS}
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The vectors as every form computes with them (`screen.directions`): unit
-        directions of q and k, (R, nc, C, D) each, a zero vector where the screening found a
-        non-finite value; the values (R, nc, C, Dv) with non-finite entries zero. Fresh
-        contiguous tensors, differentiable in q, k and v."""
-        q, k, v = directions(self.q, self.k, self.v, self.q_peak, self.k_peak)
+        """The vectors as every form computes with them (`screen.directions`), in the slots:
+        unit directions of q and k, (R, nc, C, D) each, a zero vector where the screening
+        found a non-finite value and in padding slots; the values (R, nc, C, Dv) with
+        non-finite entries zero. Fresh contiguous tensors, differentiable in q, k and v."""
+        q, k, v = directions(self.q, self.k, self.v, self.token, self.q_peak, self.k_peak)
         return q.contiguous(), k.contiguous(), v.contiguous()
 
+    def tokens(self, out: torch.Tensor) -> torch.Tensor:
+        """The outputs (R, nc, C, Dv) of the slots as those of the tokens, (R, N, Dv): a view
+        unless a slot is padding (`plan.to_tokens`)."""
+        return to_tokens(out, self.place)
+
     def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Chunks:
-        """`function` applied to every field (which must keep its role and shape)."""
-        return Chunks(**{name: function(x) for name, x in self.by_name().items()})
+        """`function` applied to every tensor field (which must keep its role and shape)."""
+        return self._replace(**{name: function(x) for name, x in self.by_name().items()})
 
     def split(self, size: int) -> list[Chunks]:
-        """Consecutive slabs of `size` chunks (the last may be shorter): views, each field
-        split once along its chunk axis (so that the backward pass joins the gradients of
-        all slabs in one tensor rather than allocating a whole-sized one per slab)."""
-        parts = {name: torch.split(x, size, dim=0 if name in _PER_CHUNK else 1)
+        """Consecutive slabs of `size` chunks (the last may be shorter) and the runs of
+        tokens they hold: views, each field split once along its chunk or token axis (so
+        that the backward pass joins the gradients of all slabs in one tensor rather than
+        allocating a whole-sized one per slab)."""
+        held = runs(self.bounds, size)
+        parts = {name: torch.split(x, held if name in _PER_TOKEN else size,
+                                   dim=_PER_TOKEN.get(name, 0 if name in _PER_CHUNK else 1))
                  for name, x in self.by_name().items()}
-        return [Chunks(**{name: part[j] for name, part in parts.items()})
-                for j in range(len(parts["t"]))]
+        return [Chunks(**{name: part[j] for name, part in parts.items()},
+                       bounds=self.bounds[j * size:(j + 1) * size + 1])
+                for j in range(len(held))]
 
 
-_PER_CHUNK = ("t", "segment", "start", "end")
+TENSORS = tuple(name for name in Chunks._fields if name != "bounds")
+"""The tensor fields of `Chunks`, in order (what a form that hands them on as tensors, such
+as an autograd Function, passes)."""
+_PER_CHUNK = ("t", "token", "segment", "start", "end")
 """The fields of `Chunks` shared by every row: their chunk axis is axis 0."""
+_PER_TOKEN = {"q": 1, "k": 1, "v": 1, "place": 0}
+"""The fields of `Chunks` per token, and their token axis."""
 
 
 class Sums(NamedTuple):
@@ -150,7 +170,8 @@ def slab(chunks: Chunks, carry: Sums, init: Sums | None) -> tuple[torch.Tensor, 
     Parameters
     ----------
     chunks : Chunks
-        S consecutive chunks (the vectors as given, with their peaks), in any strides.
+        S consecutive chunks (the run of tokens they hold as given, with the peaks), in
+        any strides.
     carry : Sums
         The sums after the chunk before the slab: F and E in the frame
         ``chunks.m_prev[:, 0]`` (where its sequence goes on), G' about s_ref, H; (R, D, Dv)

@@ -17,28 +17,31 @@ import torch
 
 from zeros_backends.torch_backend import chunked
 from zeros_backends.torch_backend.chunked import Chunks, Sequences, Sums
+from zeros_backends.torch_backend.slab import TENSORS
 
 from . import chunk
 
 __all__ = ["form"]
 
-_CHUNKS, _SUMS = Chunks._fields, Sums._fields
+_CHUNKS, _SUMS = TENSORS, Sums._fields
 """The names of the tensors `_ChunkedForm` takes, in the order it takes them: the chunks,
 then the initial sums where there are any."""
 
 
 class _ChunkedForm(torch.autograd.Function):
     """Inputs: the products' precision, the slab size of the backward, S, whether the final
-    sums are wanted, whether initial sums follow, then the tensors of `Chunks` and of the
-    initial `Sums` (named by `_CHUNKS` and `_SUMS`); outputs: the chunk outputs and the four
-    final sums (f, e, g, h; empty tensors when not wanted)."""
+    sums are wanted, whether initial sums follow, the chunks' bounds (`Chunks.bounds`), then
+    the tensors of `Chunks` and of the initial `Sums` (named by `_CHUNKS` and `_SUMS`);
+    outputs: the token outputs and the four final sums (f, e, g, h; empty tensors when not
+    wanted)."""
 
     @staticmethod
     def forward(ctx: Any, precision: str, slab_size: int, count: int, finals: bool,
-                has_init: bool, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                has_init: bool, bounds: tuple[int, ...],
+                *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.save_for_backward(*tensors)
-        ctx.options = (slab_size, count, finals, has_init)
-        chunks, sequences = _named(tensors, count, finals, has_init)
+        ctx.options = (slab_size, count, finals, has_init, bounds)
+        chunks, sequences = _named(tensors, count, finals, has_init, bounds)
         out, after = chunk.forward(chunks, sequences, precision=precision)
         if after is None:
             return (out, *(out.new_empty(0) for _ in _SUMS))
@@ -48,12 +51,12 @@ class _ChunkedForm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *cotangents: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        slab_size, count, finals, has_init = ctx.options
-        skipped = 5  # precision, slab size, S, finals, has_init
+        slab_size, count, finals, has_init, bounds = ctx.options
+        skipped = 6  # precision, slab size, S, finals, has_init, bounds
         wanted = ctx.needs_input_grad[skipped:]
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, wanted)]
-            chunks, sequences = _named(leaves, count, finals, has_init)
+            chunks, sequences = _named(leaves, count, finals, has_init, bounds)
             out, after = chunked.slabs(chunks, sequences, slab_size=slab_size)
             results = (out,) if after is None else (out, after.f, after.e, after.g, after.h)
             pairs = [(y, dy) for y, dy in zip(results, cotangents)
@@ -72,11 +75,12 @@ def _flat(chunks: Chunks, sequences: Sequences) -> list[torch.Tensor]:
     return [getattr(chunks, name) for name in _CHUNKS] + init
 
 
-def _named(tensors: Any, count: int, finals: bool, has_init: bool) -> tuple[Chunks, Sequences]:
-    """`Chunks` and `Sequences` from the tensors of `_flat`, by name."""
+def _named(tensors: Any, count: int, finals: bool, has_init: bool,
+           bounds: tuple[int, ...]) -> tuple[Chunks, Sequences]:
+    """`Chunks` (with their `bounds`) and `Sequences` from the tensors of `_flat`, by name."""
     named = dict(zip((*_CHUNKS, *_SUMS), tensors))
     init = Sums(**{name: named[name] for name in _SUMS}) if has_init else None
-    return (Chunks(**{name: named[name] for name in _CHUNKS}),
+    return (Chunks(**{name: named[name] for name in _CHUNKS}, bounds=bounds),
             Sequences(init=init, count=count, finals=finals))
 
 
@@ -100,7 +104,7 @@ def form(chunks: Chunks, sequences: Sequences, *, precision: str = "ieee",
     Returns
     -------
     out : torch.Tensor
-        (R, nc, C, Dv) float32.
+        (R, N, Dv) float32, the outputs of the tokens.
     finals : Sums or None
         The sums after each sequence's last chunk, if ``sequences.finals``.
     """
@@ -109,5 +113,5 @@ def form(chunks: Chunks, sequences: Sequences, *, precision: str = "ieee",
         return chunk.forward(chunks, sequences, precision=precision)
     out, f, e, g, h = _ChunkedForm.apply(precision, slab_size, sequences.count,
                                          sequences.finals, sequences.init is not None,
-                                         *tensors)
+                                         chunks.bounds, *tensors)
     return out, (Sums(f=f, e=e, g=g, h=h) if sequences.finals else None)

@@ -208,7 +208,7 @@ module was imported, which is when ``triton.jit`` decides): on CPU tensors."""
 
 def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, *,
             precision: str = "ieee") -> tuple[torch.Tensor, Sums | None]:
-    """The `Form` of the Triton backend: outputs (R, nc, C, Dv) and, if
+    """The `Form` of the Triton backend: outputs (R, N, Dv) of the tokens and, if
     ``sequences.finals``, the sums after each sequence's last chunk, computed by the two
     kernels (no autograd; see `autograd.form`).
 
@@ -217,7 +217,8 @@ def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, 
     chunks : Chunks
         float32 tensors on the kernels' device (CPU under the interpreter, else CUDA); C a
         power of two, at least 16. The kernels read the vectors as `Chunks.vectors` gives
-        them (unit directions and finite values), taken here for the whole call.
+        them (unit directions and finite values, in the slots), taken here for the whole
+        call, and write the outputs of the slots, returned per token (`Chunks.tokens`).
     sequences : Sequences
         The sequences' initial sums, (S, R, D, Dv) and E (S, R), or None for zeros; S; and
         whether their final sums are wanted.
@@ -230,8 +231,8 @@ def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, 
     """
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}; got {precision!r}")
-    rows, nc, chunk, d = chunks.q.shape
-    dv = chunks.v.shape[-1]
+    rows, nc, chunk = chunks.w.shape
+    d, dv = chunks.q.shape[-1], chunks.v.shape[-1]
     if chunks.q.dtype != torch.float32:
         raise TypeError(f"the Triton kernels compute in float32; got {chunks.q.dtype}")
     if chunk < 16 or chunk & (chunk - 1):
@@ -265,4 +266,4 @@ def forward(chunks: Chunks, sequences: Sequences, config: Config | None = None, 
                          x.higher, x.zero, x.t, kv, e_before, out, nc, D=d, DV=dv, C=chunk,
                          BD=_width(d), BV=config.block_v, PRECISION=precision,
                          num_warps=config.warps)
-    return out, finals
+    return chunks.tokens(out), finals
