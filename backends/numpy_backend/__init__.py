@@ -90,7 +90,7 @@ from zeros_ref.kernel import (
 )
 
 from .bidirectional import bidirectional_rows
-from .chunk import Workspace
+from .chunk import Workspace, workspace
 from .frames import Seq, spread_limit
 from .logits import causal_logits
 from .paths import FAST, REFERENCE, causal_slabs
@@ -279,7 +279,6 @@ class NumpyBackend:
 
     def causal_rows(self, rows: Rows, start: State, *, spans: list[tuple[int, int, int, int]],
                     return_state: bool, track_g: bool, track_keys: bool,
-                    workspaces: dict[int, Workspace] | None = None,
                     threads: bool = True) -> State:
         """Causal outputs (written through `rows`) and final state of R rows of n tokens
         each, from `start` (R rows; its `length` an int, or one count per row), the tokens
@@ -290,26 +289,23 @@ class NumpyBackend:
         buffers stay in the caches however many rows a call has. Parts of the state that
         nothing reads are not kept: the key sum unless `track_keys` (it is read by the
         default logits, which form it anyway, and where returned) and G unless `track_g`
-        (read where first != higher). Calls that pass the same
-        `workspaces` (a packed call's, whose many calls would otherwise each allocate their
-        buffers afresh) reuse each worker thread's buffers. Without `threads` the rows run
-        on the calling thread (which may be a worker already).
+        (read where first != higher). Each thread reuses the buffers it kept from its last
+        call (`chunk.workspace`). Without `threads` the rows run on the calling thread (which
+        may be a worker already).
         """
         nrows, n, d, dv = rows.shape
         index = np.arange(nrows)
         block = _block(ROW_TOKENS // max(length for _, _, length, _ in spans), rows.align)
 
         def run_group(group: slice) -> tuple[State, Counter]:
-            ws = Workspace(start.kv.dtype, d, dv, track_g=track_g)
-            if workspaces is not None:  # this thread's, from an earlier call
-                ws = workspaces.setdefault(threading.get_ident(), ws)
             paths, parts = Counter(), []
             # blocks end at multiples of `block`, whatever the group's start
             edges = [group.start, *range(-(-group.start // block) * block or block,
                                          group.stop, block), group.stop]
-            for lo, hi in itertools.pairwise(dict.fromkeys(edges)):
-                part = slice(lo, hi)
-                parts.append((index[part], run_block(ws, part, paths)))
+            with workspace(start.kv.dtype, d, dv, track_g=track_g) as ws:
+                for lo, hi in itertools.pairwise(dict.fromkeys(edges)):
+                    part = slice(lo, hi)
+                    parts.append((index[part], run_block(ws, part, paths)))
             return (parts[0][1] if len(parts) == 1 else State.merge(parts)), paths
 
         def run_block(ws: Workspace, part: slice, paths: Counter) -> State:

@@ -11,12 +11,19 @@ with the state S_0 = [e F, H, G + (sbar - s_ref) H] moved into the slab frame. F
 and states are kept in the backend's slot order F, H, G (`frames.SLOT_F` ...), so that a
 level slab (b = 0) leaves G out with a slice. Each worker owns a `Workspace`: its buffers
 are reused from slab to slab and its views (`Buffers`, `ChunkProducts`) are made once per
-shape, as a slab issues some fifty NumPy calls.
+shape, as a slab issues some fifty NumPy calls. A thread keeps its workspace from call to
+call (`workspace`): buffers of a few MB allocated afresh are mapped anew, or handed back to
+the system by the allocator's trimming, and their pages faulted in again on every call (a
+packed call at T = 65,536, whose batched calls each made their own, spent a fifth of its
+time in the kernel that way).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,8 +32,8 @@ from zeros_ref.kernel import State
 
 from .frames import SLOT_F, SLOT_G, SLOT_H, Frame, Seq
 
-__all__ = ["Buffers", "ChunkProducts", "RunningStep", "Workspace", "chunked", "fast_slab",
-           "from_slab_frame", "to_slab_frame"]
+__all__ = ["KEPT_BYTES", "Buffers", "ChunkProducts", "RunningStep", "Workspace", "chunked",
+           "fast_slab", "from_slab_frame", "to_slab_frame", "workspace"]
 
 
 class RunningStep(NamedTuple):
@@ -146,6 +153,42 @@ class Workspace:
             _view(y[:, nc, chunk:], nrows, 3, d, dv), products(3), products(2))
         self._views[nrows, nc, chunk] = views
         return views
+
+    @property
+    def key(self) -> tuple[Any, int, int, bool]:
+        """What a workspace is made for: (dtype, D, Dv, track_g)."""
+        return np.dtype(self.dtype), self.d, self.dv, self.track_g
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its buffers."""
+        return sum(x.nbytes for held in self._sets.values() for x in held) + sum(
+            x.nbytes for x in self._states)
+
+
+KEPT_BYTES = 64 * 2**20
+"""A thread keeps its workspace for its next call while the buffers take at most this (those of
+a dense call take a few MB per worker; those of a packed call's heads of very few tokens, whose
+blocks hold many lanes, can take far more, and are let go)."""
+
+_KEPT = threading.local()
+"""The workspace each thread keeps between calls (`workspace`)."""
+
+
+@contextlib.contextmanager
+def workspace(dtype: Any, d: int, dv: int, *, track_g: bool) -> Iterator[Workspace]:
+    """This thread's `Workspace` for (dtype, D, Dv, track_g) while the block is run: the one
+    its last use left where it was made for the same, else a new one. Afterwards the thread
+    keeps it for its next use (of this call or of a later one) unless its buffers take more
+    than `KEPT_BYTES`. A use within another on the same thread gets a workspace of its own."""
+    ws = getattr(_KEPT, "workspace", None)
+    _KEPT.workspace = None  # in use
+    if ws is None or ws.key != (np.dtype(dtype), d, dv, track_g):
+        ws = Workspace(dtype, d, dv, track_g=track_g)
+    try:
+        yield ws
+    finally:
+        _KEPT.workspace = ws if ws.nbytes <= KEPT_BYTES else None
 
 
 def _view(x: np.ndarray, *shape: int) -> np.ndarray:

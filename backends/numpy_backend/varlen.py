@@ -29,7 +29,6 @@ Bidirectional calls (spec 4.3) group the sequences by length class (lengths in
 from __future__ import annotations
 
 import math
-import threading
 from collections import Counter
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -39,7 +38,7 @@ import numpy as np
 from zeros_ref.kernel import Inputs, State, causal_step, check_default_logits
 
 from .bidirectional import bidirectional_rows
-from .chunk import Workspace, fast_slab
+from .chunk import Workspace, fast_slab, workspace
 from .frames import Frame, Seq, slab_frames
 from .logits import causal_logits
 from .paths import FAST, REFERENCE
@@ -199,12 +198,9 @@ def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
     store = initial(going)  # the states of lanes that go on, between calls
     finals = initial(np.arange(count)) if return_state else None
 
-    workspaces: dict = {}  # the worker threads' buffers, shared by the calls below
-
     def run(first: np.ndarray, n: int, state: State) -> State:
         return backend.causal_rows(Lanes(x, first, n), state, spans=list(backend._spans(n)),
                                    return_state=True, track_g=track_g, track_keys=track_keys,
-                                   workspaces=workspaces,
                                    threads=threads)
 
     def finish(seqs: np.ndarray, end: State, done: np.ndarray) -> None:
@@ -226,7 +222,7 @@ def _packed_rows(backend: Any, x: _Packed, offsets: np.ndarray, start: State, *,
         n = int(head[seqs].max()) if c == 1 else int(c) * chunk
         end = _ragged_heads(backend, x, Heads(offsets[seqs], head[seqs], n, min(n, chunk)),
                             initial(seqs), track_g=track_g, track_keys=track_keys,
-                            workspaces=workspaces, threads=threads)
+                            threads=threads)
         finish(seqs, end, whole[seqs] == 0)
     for j in np.unique(whole[whole > 0]):  # 2. the slabs, one call per number of slabs
         seqs = np.flatnonzero(whole == j)
@@ -257,7 +253,7 @@ the allocator reuses their memory rather than mapping it afresh)."""
 
 
 def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track_g: bool,
-                  track_keys: bool, workspaces: dict, threads: bool) -> State:
+                  track_keys: bool, threads: bool) -> State:
     """Outputs (into ``x.out``) and final states of the lanes (g R, sequence-major) of
     `heads`, from `state` (their initial states): every lane a row of one slab of n tokens
     padded after its last one (`frames.slab_frames` with `tokens`). Lanes the frame cannot
@@ -285,15 +281,14 @@ def _ragged_heads(backend: Any, x: _Packed, heads: Heads, state: State, *, track
         return parts[0][1] if len(parts) == 1 else State.merge(parts)
 
     def run_group(group: slice) -> tuple[State, Counter]:
-        ws = workspaces.setdefault(threading.get_ident(),
-                                   Workspace(x.out.dtype, d, dv, track_g=track_g))
         step = max(block, FRAME_TOKENS // n)
         parts, paths = [], Counter()
-        for lo in range(group.start, group.stop, step):
-            lanes = np.arange(lo, min(lo + step, group.stop))
-            end, counted = run_lanes(ws, lanes)
-            parts.append((lanes - group.start, end))
-            paths.update(counted)
+        with workspace(x.out.dtype, d, dv, track_g=track_g) as ws:
+            for lo in range(group.start, group.stop, step):
+                lanes = np.arange(lo, min(lo + step, group.stop))
+                end, counted = run_lanes(ws, lanes)
+                parts.append((lanes - group.start, end))
+                paths.update(counted)
         return (parts[0][1] if len(parts) == 1 else State.merge(parts)), paths
 
     def run_lanes(ws: Workspace, lanes: np.ndarray) -> tuple[State, Counter]:
