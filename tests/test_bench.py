@@ -168,6 +168,7 @@ def test_versus_alternates_backends_and_prints_ratios(capsys) -> None:
                         "--bh", "2", "--d", "8"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "x1.00 (1.00)" in out and "time(128)/time(64): reference" in out
+    assert "first call (compilation included, where a backend compiles): N=64 reference" in out
 
 
 def test_dispatches_are_counted_for_torch_arrays_only() -> None:

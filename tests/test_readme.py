@@ -75,6 +75,19 @@ def test_packed_torch_example_runs() -> None:
     assert namespace["tstates"].length == (50, 30, 20)
 
 
+def test_jax_example_runs() -> None:
+    """The JAX block, run after the packed one: the packed outputs of the reference, and a
+    gradient of the input's shape."""
+    pytest.importorskip("jax")
+    namespace: dict = {}
+    for marker in ("return_state=True", "cu_seqlens", "jax_backend"):
+        exec(next(b for b in blocks("python") if marker in b), namespace)
+    np.testing.assert_allclose(np.asarray(namespace["jout"]), namespace["packed"], rtol=0,
+                               atol=1e-4)
+    assert namespace["dq"].shape == (4, 100, 64)
+    assert bool(np.all(np.isfinite(np.asarray(namespace["dq"]))))
+
+
 def test_example_backend_conforms(tmp_path: Path) -> None:
     example = next(b for b in blocks("python") if "class MyBackend" in b)
     path = tmp_path / "my_backend.py"

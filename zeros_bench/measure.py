@@ -41,7 +41,9 @@ __all__ = [
 
 
 def timed(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> dict[str, float]:
-    """Minimum and median seconds of ``fn()`` over up to `repeats` calls after a warm-up.
+    """Minimum and median seconds of ``fn()`` over up to `repeats` calls after a warm-up, and
+    the seconds of the warm-up call itself (``first``: a backend that compiles per shape
+    compiles there).
 
     A call longer than `budget_s` is not warmed up or repeated; repeats stop once the calls
     have taken `budget_s` together.
@@ -56,7 +58,8 @@ def timed(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> dict[s
         fn()
         times.append(time.perf_counter() - start)
         spent += times[-1]
-    return {"min": min(times), "median": statistics.median(times), "repeats": len(times)}
+    return {"min": min(times), "median": statistics.median(times), "repeats": len(times),
+            "first": first}
 
 
 def timed_in_turn(fns: dict[str, Callable[[], Any]], repeats: int,

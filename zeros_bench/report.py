@@ -54,6 +54,12 @@ def table(report: dict) -> str:
                 f"{opt('reference_vs_one_worker')} {opt('time_8n_ratio')} "
                 f"{row['peak_bytes'] / 2**20 if 'peak_bytes' in row else float('nan'):8.2f} "
                 f"{opt('memory_8n_ratio')}")
+    firsts = [f"N={row['n']} {row['backend']['first'] * 1e3:.0f}"
+              for rows in report["configs"].values() for row in rows
+              if "first" in row["backend"]]
+    if firsts:
+        lines.append("first call of the backend in ms (compilation included, where it "
+                     "compiles): " + ", ".join(firsts))
     counted = [(name, row) for name, rows in report["configs"].items() for row in rows
                if row.get("dispatch")]
     if counted:

@@ -42,15 +42,22 @@ def _call(backend: Any, n: int, bh: int, d: int) -> Callable[[], Any]:
 
 
 def compare(names: Sequence[str], ns: Sequence[int], repeats: Sequence[int], *, bh: int = 8,
-            d: int = 64) -> dict[int, dict[str, list[float]]]:
+            d: int = 64, warmups: dict[int, dict[str, float]] | None = None,
+            ) -> dict[int, dict[str, list[float]]]:
     """Seconds of every call: {N: {backend name: [seconds, ...]}}, the backends alternating
-    within each round after one warm-up call each."""
+    within each round after one warm-up call each; the warm-up calls' seconds go to
+    `warmups` when given ({N: {backend name: seconds}}: a compiling backend compiles there)."""
     backends = {name: registry.load(name) for name in names}
     times: dict[int, dict[str, list[float]]] = {}
     for n, rounds in zip(ns, repeats):
         calls = {name: _call(backend, n, bh, d) for name, backend in backends.items()}
-        for call in calls.values():
+        first = {}
+        for name, call in calls.items():
+            start = time.perf_counter()
             call()
+            first[name] = time.perf_counter() - start
+        if warmups is not None:
+            warmups[n] = first
         times[n] = {name: [] for name in calls}
         for _ in range(rounds):
             for name, call in calls.items():
@@ -73,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats * len(args.n) if len(args.repeats) == 1 else args.repeats
     if len(repeats) != len(args.n) or min(repeats) < 1 or min(args.n) < 1:
         parser.error("--repeats needs one positive count, or one per --n")
-    times = compare(args.backends, args.n, repeats, bh=args.bh, d=args.d)
+    warmups: dict[int, dict[str, float]] = {}
+    times = compare(args.backends, args.n, repeats, bh=args.bh, d=args.d, warmups=warmups)
     base = args.backends[-1]
     print(f"B*H={args.bh} D=Dv={args.d} float32, random per-step gates; min (median) of "
           "alternating calls")
@@ -89,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         growth = [f"{name} {min(times[last][name]) / min(times[first][name]):.2f}"
                   for name in args.backends]
         print(f"time({last})/time({first}): " + ", ".join(growth))
+    print("first call (compilation included, where a backend compiles): " + "; ".join(
+        f"N={n} " + ", ".join(f"{name} {t * 1e3:.0f} ms" for name, t in by_name.items())
+        for n, by_name in warmups.items()))
     return 0
 
 
