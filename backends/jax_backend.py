@@ -88,22 +88,23 @@ def _unflushed(x: Any) -> Any:
     raw = lax.bitcast_convert_type(lax.stop_gradient(x), ints)
     field = (raw >> width) & (2 * bias + 1)  # the biased exponent
     significand = raw & ((1 << width) - 1)
-    whole = significand.astype(x.dtype)  # an integer, exact
-    _, top_bit = jnp.frexp(whole)  # whole in [2^(top_bit - 1), 2^top_bit)
-    low = -4 * bias  # below every exponent: zeros and non-finite entries
-    exponent = jnp.where(field > 0, field - bias, top_bit - bias - width)
-    exponent = jnp.where((field == 2 * bias + 1) | ((field == 0) & (significand == 0)), low,
-                         exponent)
-    top = jnp.max(exponent, axis=-1, keepdims=True)
+    low = -4 * bias  # below every exponent
+    finite = field < 2 * bias + 1
+    top = jnp.max(jnp.where(finite & (field > 0), field - bias, low), axis=-1, keepdims=True)
+    # A vector without normal entries: the exponent of its largest subnormal one.
+    largest = jnp.max(jnp.where(field == 0, significand, 0), axis=-1, keepdims=True)
+    _, top_bit = jnp.frexp(largest.astype(x.dtype))  # largest in [2^(top_bit - 1), 2^top_bit)
+    top = jnp.where(top > low, top, jnp.where(largest > 0, top_bit - bias - width, low))
     shift = jnp.where(top > low, -top, 0)
 
-    def times_power(y: Any, power: Any) -> Any:  # y 2^power in three exact steps
-        for part in (power // 3, power // 3, power - 2 * (power // 3)):
+    def times_power(y: Any, power: Any) -> Any:  # y 2^power in two exact steps
+        for part in (power // 2, power - power // 2):
             part = jnp.clip(part, 1 - bias, bias)
             y = y * lax.bitcast_convert_type(((part + bias) << width).astype(ints), x.dtype)
         return y
 
-    subnormal = jnp.where(raw < 0, -whole, whole)  # significand times 2^(1 - bias - width)
+    whole = significand.astype(x.dtype)  # an integer, exact
+    subnormal = jnp.where(raw < 0, -whole, whole)  # times 2^(1 - bias - width)
     return jnp.where(field == 0, times_power(subnormal, shift + 1 - bias - width),
                      times_power(x, shift))
 

@@ -115,6 +115,7 @@ def test_memory_peak_is_linear_and_counts_the_output() -> None:
     assert peaks[1] < 10 * peaks[0]
 
 
+@pytest.mark.slow  # minutes: it compiles once per bucket of shapes; .ci/run runs the full profile
 @pytest.mark.req("ZS-API-PROTOCOL")
 def test_conformance_suite_quick_with_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     """The quick profile with x64 on (float64 claimed): in this process for the checks run

@@ -110,8 +110,10 @@ def attention(inp: Inputs, state: State, *, causal: bool, return_state: bool, ch
                         device=device, chunks=size.chunks, tokens=tokens)
     if core is None:
         core = functools.partial(chunked.attention, xp, scan=scan)
-    options = {"causal": causal, "return_state": return_state,
-               "gather": packed or tokens != n, "slab": slab,
+    # One sequence's state costs little: taking it always halves what a compiler meets.
+    whole = return_state or (causal and size.sequences == 1)
+    options = {"causal": causal, "return_state": whole, "gather": packed or tokens != n,
+               "slab": slab,
                "depth": xp.asarray(d, dtype=inp.compute_dtype)}
     with np.errstate(all="ignore"):  # NumPy's warnings on non-finite input (spec 8)
         result = core(q, k, v, logits, tuple(gates), begin, counts, layout, **options)

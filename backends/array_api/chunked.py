@@ -166,19 +166,20 @@ def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: b
     own key sum: ``-<k_t, kbar_t> / sqrt(D)``, kbar_t the mean of the keys up to t (causal,
     the initial state's included) or of the whole sequence, with one pseudo-count; D is
     `depth` (0-d)."""
-    within = xp.cumulative_sum(k, axis=-2)  # (nc, R, C, D)
-    totals = segmented_scan(xp, within[..., -1, :], plan.start, xp.add)  # (nc, R, D)
-    if causal:
-        prior = xp.take(st.key_sum, plan.segment, axis=0)  # (nc, R, D)
-        sums = (prior + exclusive(xp, totals, plan.start))[..., None, :] + within
-        count = 1.0 + _counts(xp, plan, held)[:, None, :, None]
-    else:
-        whole = xp.take(xp.take(totals, plan.tail, axis=0), plan.segment, axis=0)
-        sums = whole[..., None, :]
-        lengths = xp.sum(xp.astype(plan.valid, k.dtype), axis=-1)  # (nc,) tokens per chunk
-        per = xp.take(segmented_scan(xp, lengths, plan.start, xp.add), plan.tail, axis=0)
-        count = 1.0 + xp.take(per, plan.segment, axis=0)[:, None, None, None]
-    return -xp.sum(k * (sums / count), axis=-1) / xp.sqrt(xp.astype(depth, k.dtype))
+    totals = segmented_scan(xp, xp.sum(k, axis=-2), plan.start, xp.add)  # (nc, R, D)
+    root = xp.sqrt(xp.astype(depth, k.dtype))
+    if causal:  # <k_t, sum of the keys before the chunk> + sum_{i <= t in it} <k_t, k_i>
+        prior = xp.take(st.key_sum, plan.segment, axis=0) + exclusive(xp, totals, plan.start)
+        index = xp.arange(k.shape[-2])
+        seen = index[None, :] <= index[:, None]  # (C, C)
+        gram = xp.sum(xp.where(seen, k @ xp.matrix_transpose(k), 0.0), axis=-1)  # (nc, R, C)
+        dots = xp.sum(k * prior[..., None, :], axis=-1) + gram
+        return -dots / ((1.0 + _counts(xp, plan, held)[:, None, :]) * root)
+    whole = xp.take(xp.take(totals, plan.tail, axis=0), plan.segment, axis=0)  # (nc, R, D)
+    lengths = xp.sum(xp.astype(plan.valid, k.dtype), axis=-1)  # (nc,) tokens per chunk
+    per = xp.take(segmented_scan(xp, lengths, plan.start, xp.add), plan.tail, axis=0)
+    count = 1.0 + xp.take(per, plan.segment, axis=0)[:, None, None]
+    return -xp.sum(k * whole[..., None, :], axis=-1) / (count * root)
 
 
 def _counts(xp: Any, plan: Plan, held: Any) -> Any:
