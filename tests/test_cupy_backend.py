@@ -38,9 +38,30 @@ def test_entry_point_loads_without_importing_cupy() -> None:
     b = registry.load("cupy")
     assert b is cupy_backend.backend
     assert (b.name, b.dtypes, b.device) == ("cupy", ("float16", "float32", "float64"), "cuda")
-    assert b.features == frozenset({"bidirectional", "state", "default_logits"})
+    assert b.features == frozenset({"bidirectional", "state", "default_logits", "varlen",
+                                    "merge"})
     assert callable(b.memory_peak)
     assert ("cupy" in sys.modules) == loaded
+
+
+def test_attention_is_the_array_api_form_without_a_chunk_loop(monkeypatch) -> None:
+    """The backend's `attention` is the array-API chunk form on whatever arrays it is given
+    (here NumPy's, which need no GPU): the reference's chunk step, the old per-chunk loop, is
+    never called, and the result is the reference's."""
+    import zeros_ref
+    from zeros_ref import _chunked
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the reference's chunk loop ran")
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, 300, 8)) for _ in range(3))
+    want, want_state = zeros_ref.attention(q, k, v, return_state=True)
+    monkeypatch.setattr(_chunked, "causal_step", forbidden)
+    monkeypatch.setattr(_chunked, "run", forbidden)
+    out, state = cupy_backend.backend.attention(q, k, v, return_state=True)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(state.kv, want_state.kv, rtol=0, atol=1e-10)
 
 
 @pytest.mark.skipif(not NO_GPU, reason="CuPy and a GPU are present")
