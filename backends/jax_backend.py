@@ -32,7 +32,7 @@ import numpy as np
 import zeros_ref
 from zeros_ref import kernel
 
-from . import array_api
+from . import array_api, jax_exact
 
 __all__ = ["CHUNK_SIZE", "SLAB_SIZE", "JaxBackend", "backend"]
 
@@ -64,50 +64,8 @@ def _core() -> Any:
     """`array_api.chunked.attention` on ``jax.numpy``, compiled, with ``jax.lax.scan``."""
     jax = _jax()
     form = functools.partial(array_api.chunked.attention, jax.numpy, scan=jax.lax.scan,
-                             exact=_unflushed)
-    return jax.jit(form, static_argnames=("causal", "return_state", "gather",
-                                          "slab"))
-
-
-def _unflushed(x: Any) -> Any:
-    """Every vector of x (..., D) multiplied by a power of two that brings its largest finite
-    entry into [1, 2); its direction is unchanged.
-
-    XLA's CPU code reads subnormal numbers as zero (below 1.2e-38 in float32): the entries of
-    a vector whose norm is, say, 1e-36 would lose digits, and its direction with them
-    (ZS-STAB-MAGNITUDE). The exponents are therefore read from the bits, and subnormal
-    entries rebuilt from their integer significands; normal entries are multiplied (so that
-    gradients flow through them). Other dtypes are returned as they are.
-    """
-    jax = _jax()
-    jnp, lax = jax.numpy, jax.lax
-    layout = {jnp.dtype(jnp.float32): (jnp.int32, 23, 127),
-              jnp.dtype(jnp.float64): (jnp.int64, 52, 1023)}.get(jnp.dtype(x.dtype))
-    if layout is None:
-        return x
-    ints, width, bias = layout
-    raw = lax.bitcast_convert_type(lax.stop_gradient(x), ints)
-    field = (raw >> width) & (2 * bias + 1)  # the biased exponent
-    significand = raw & ((1 << width) - 1)
-    low = -4 * bias  # below every exponent
-    finite = field < 2 * bias + 1
-    top = jnp.max(jnp.where(finite & (field > 0), field - bias, low), axis=-1, keepdims=True)
-    # A vector without normal entries: the exponent of its largest subnormal one.
-    largest = jnp.max(jnp.where(field == 0, significand, 0), axis=-1, keepdims=True)
-    _, top_bit = jnp.frexp(largest.astype(x.dtype))  # largest in [2^(top_bit - 1), 2^top_bit)
-    top = jnp.where(top > low, top, jnp.where(largest > 0, top_bit - bias - width, low))
-    shift = jnp.where(top > low, -top, 0)
-
-    def times_power(y: Any, power: Any) -> Any:  # y 2^power in two exact steps
-        for part in (power // 2, power - power // 2):
-            part = jnp.clip(part, 1 - bias, bias)
-            y = y * lax.bitcast_convert_type(((part + bias) << width).astype(ints), x.dtype)
-        return y
-
-    whole = significand.astype(x.dtype)  # an integer, exact
-    subnormal = jnp.where(raw < 0, -whole, whole)  # times 2^(1 - bias - width)
-    return jnp.where(field == 0, times_power(subnormal, shift + 1 - bias - width),
-                     times_power(x, shift))
+                             exact=jax_exact)
+    return jax.jit(form, static_argnames=("causal", "return_state", "gather", "slab"))
 
 
 def _readable(flag: Any) -> bool:

@@ -21,7 +21,11 @@ first, (nc, R, C, ...)):
    the chunks before it in its sequence), s_ref being a logit every row of the sequence sees
    (the initial state's running max, or the sequence's first logit).
 3. **Slabs.** `slab.step` computes S chunks at once from the sums carried into the slab; a
-   `Scan` threads the carry from slab to slab (a Python loop, or ``jax.lax.scan``).
+   `Scan` threads the carry from slab to slab (a Python loop, or ``jax.lax.scan``). The
+   vectors q, k, v reach the step as given, laid out chunk first: their directions, their
+   screening and the rows their non-finite values reach are computed there, a slab at a
+   time (default logits too, by a scan of their own, `logits`), so that no pass over the
+   whole call's vectors is made besides their layout.
 4. **Bidirectional** (spec 4.3): the same step with every frame at its sequence's maximum
    accumulates each sequence's whole sums; every query then reads its sequence's.
 
@@ -31,16 +35,16 @@ Shapes: R rows (the flattened leading axes), nc chunks of C slots, S sequences, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
 from zeros_ref.kernel import State
 
+from .logits import default_logits
 from .plan import Plan
 from .scans import Scan, cumulative_max, exclusive, loop, segmented_scan
-from .screen import direction, finite
-from .slab import Slab, Sums, step
+from .screen import Exact, direction, finite
+from .slab import Carry, Marks, Slab, Sums, step
 
 __all__ = ["Result", "attention"]
 
@@ -62,8 +66,8 @@ class Result(NamedTuple):
 
 def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, Any, Any],
               state: State, counts: Any, plan: Plan, *, causal: bool, return_state: bool,
-              gather: bool, slab: int, scan: Scan | None = None,
-              depth: Any = None, exact: Callable[[Any], Any] | None = None) -> Result:
+              gather: bool, slab: int, scan: Scan | None = None, depth: Any = None,
+              exact: Exact | None = None) -> Result:
     """ZeroS attention of validated inputs, every chunk in array-API calls.
 
     Parameters
@@ -87,9 +91,9 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     scan : the `Scan` over slabs; None for a Python loop.
     depth : D of the default logits' 1/sqrt(D), a 0-d array, where q and k are zero-padded
         along D (so that a compiled form does not depend on it); None: their last axis.
-    exact : for a library whose arithmetic reads subnormal numbers as zero (XLA's), a
-        function that multiplies every vector of q and k by a power of two that brings its
-        largest entry near 1, reading the bits (so that its direction keeps such entries).
+    exact : for a library whose arithmetic reads subnormal numbers as zero (XLA's CPU code),
+        its `screen.Exact`: directions of tiny vectors, and values lifted by a power of two
+        per row, from the bits. None: plain arithmetic.
     """
     scan = loop(xp) if scan is None else scan
     batch, n, dv = tuple(q.shape[:-2]), q.shape[-2], v.shape[-1]
@@ -97,9 +101,13 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
     nc, chunk = plan.position.shape
     dtype = q.dtype
 
-    def grid(x: Any) -> Any:  # (*B, N, ...) -> (nc, R, C, ...), chunk first
+    def flat(x: Any) -> Any:  # (*B, N, ...) -> (R, N, ...)
         tail = tuple(x.shape[len(batch) + 1:])
-        x = xp.reshape(xp.broadcast_to(x, (*batch, n, *tail)), (rows, n, *tail))
+        return xp.reshape(xp.broadcast_to(x, (*batch, n, *tail)), (rows, n, *tail))
+
+    def grid(x: Any) -> Any:  # (*B, N, ...) -> (nc, R, C, ...), chunk first
+        x = flat(x)
+        tail = tuple(x.shape[2:])
         if gather:
             x = xp.take(x, plan.token, axis=1)
         elif nc * chunk > n:
@@ -109,44 +117,32 @@ def attention(xp: Any, q: Any, k: Any, v: Any, logits: Any, gates: tuple[Any, An
         return xp.permute_dims(x, (1, 0, 2, *range(3, x.ndim)))
 
     st = _batched(xp, state, (state.kv.shape[0], rows))
+    power = None if exact is None else exact.lift(flat(v), st.kv)  # (R,)
     valid = plan.valid[:, None, :]  # (nc, 1, C)
-    scaled = (lambda x: x) if exact is None else exact
-    qh, bad_q = direction(xp, scaled(grid(q)))
-    raw_k = xp.where(valid[..., None], grid(k), 0.0)  # padding keys are zero
-    kh, bad_k = direction(xp, scaled(raw_k))
-    vc, bad_v = finite(xp, grid(v))
+    kg = grid(k)
     held = xp.astype(counts, dtype)  # (S,) tokens of the initial states
-    overflow = xp.asarray(False)
     if logits is None:
-        depth = xp.asarray(float(raw_k.shape[-1])) if depth is None else depth
-        s = _default_logits(xp, raw_k, st, plan, held, causal, depth)
-        overflow = xp.any(~xp.isfinite(s) & valid) & xp.all(xp.isfinite(raw_k)) \
-            & xp.all(xp.isfinite(st.key_sum))
+        depth = xp.asarray(float(k.shape[-1])) if depth is None else depth
+        s = default_logits(xp, kg, st, plan, held, causal=causal, depth=depth, slab=slab,
+                           scan=scan)
     else:
         s = grid(logits)
+    unread = ~xp.isfinite(s) & valid
     s, bad_s = finite(xp, s)
     (g1, bad_1), (gh, bad_h), (g0, bad_0) = (finite(xp, grid(g)) for g in gates)
-    bad_rows = (bad_q | bad_1 | bad_h | bad_0) & valid
-    bad_keys = (bad_k | xp.any(bad_v, axis=-1) | bad_s) & valid
-    # Where a bad key reaches: later rows of its sequence (causal), all of it (bidirectional).
-    within = xp.cumulative_sum(xp.astype(bad_keys, xp.int32), axis=-1) > 0  # (nc, R, C)
-    spoilt = segmented_scan(xp, within[..., -1], plan.start, xp.logical_or)  # (nc, R)
-    vectors = (qh, kh, xp.where(valid[..., None], vc, 0.0))
+    fields = {"q": grid(q), "k": kg, "v": grid(v), "first": g1, "higher": gh, "zero": g0,
+              "bad_row": bad_1 | bad_h | bad_0, "bad_logit": bad_s, "valid": plan.valid,
+              "start": plan.start, "segment": plan.segment}
+    run = {"slab": slab, "scan": scan, "exact": exact, "power": power}
     if causal:
-        out, end = _causal(xp, vectors, raw_k, s, (g1, gh, g0), st, plan, held,
-                           finals=return_state, slab=slab, scan=scan)
-        earlier = exclusive(xp, xp.astype(spoilt, xp.int32), plan.start) > 0
-        reached = bad_rows | within | earlier[..., None]
-        if end is not None:
-            met = xp.take(spoilt, plan.tail, axis=0) & plan.filled[:, None]  # (S, R)
-            end = _spoilt(xp, end, met)
+        out, end, marks = _causal(xp, fields, s, st, plan, held, finals=return_state, **run)
     else:
-        out = _bidirectional(xp, vectors, s, (g1, gh, g0), plan, slab=slab,
-                             scan=scan)
-        whole = xp.take(xp.take(spoilt, plan.tail, axis=0), plan.segment, axis=0)  # (nc, R)
-        reached = bad_rows | whole[..., None]
+        out, marks = _bidirectional(xp, fields, s, plan, **run)
         end = None
-    out = xp.where(reached[..., None], xp.nan, out)  # (nc, R, C, Dv)
+    overflow = xp.asarray(False)
+    if logits is None:  # default logits past the range, of finite keys (spec 8)
+        overflow = xp.any(unread) & ~xp.any(marks.nonfinite_key) \
+            & xp.all(xp.isfinite(st.key_sum))
     out = xp.reshape(xp.permute_dims(out, (1, 0, 2, 3)), (rows, nc * chunk, dv))
     out = xp.take(out, plan.place, axis=1) if gather else out[:, :n, :]
     out = xp.reshape(out, (*batch, n, dv))
@@ -160,26 +156,9 @@ def _batched(xp: Any, state: State, batch: tuple[int, ...]) -> State:
     return replace(state, length=0).with_batch(xp, batch)
 
 
-def _default_logits(xp: Any, k: Any, st: State, plan: Plan, held: Any, causal: bool,
-                    depth: Any) -> Any:
-    """ZS-LOG-DEFAULT for the raw keys (nc, R, C, D) (padding zero), each sequence from its
-    own key sum: ``-<k_t, kbar_t> / sqrt(D)``, kbar_t the mean of the keys up to t (causal,
-    the initial state's included) or of the whole sequence, with one pseudo-count; D is
-    `depth` (0-d)."""
-    totals = segmented_scan(xp, xp.sum(k, axis=-2), plan.start, xp.add)  # (nc, R, D)
-    root = xp.sqrt(xp.astype(depth, k.dtype))
-    if causal:  # <k_t, sum of the keys before the chunk> + sum_{i <= t in it} <k_t, k_i>
-        prior = xp.take(st.key_sum, plan.segment, axis=0) + exclusive(xp, totals, plan.start)
-        index = xp.arange(k.shape[-2])
-        seen = index[None, :] <= index[:, None]  # (C, C)
-        gram = xp.sum(xp.where(seen, k @ xp.matrix_transpose(k), 0.0), axis=-1)  # (nc, R, C)
-        dots = xp.sum(k * prior[..., None, :], axis=-1) + gram
-        return -dots / ((1.0 + _counts(xp, plan, held)[:, None, :]) * root)
-    whole = xp.take(xp.take(totals, plan.tail, axis=0), plan.segment, axis=0)  # (nc, R, D)
-    lengths = xp.sum(xp.astype(plan.valid, k.dtype), axis=-1)  # (nc,) tokens per chunk
-    per = xp.take(segmented_scan(xp, lengths, plan.start, xp.add), plan.tail, axis=0)
-    count = 1.0 + xp.take(per, plan.segment, axis=0)[:, None, None]
-    return -xp.sum(k * whole[..., None, :], axis=-1) / (count * root)
+def _rows(power: Any, ndim: int) -> Any:
+    """The powers of two of the rows (R,) against arrays (S, R, ...) of `ndim` axes."""
+    return power[(None, slice(None), *([None] * (ndim - 2)))]
 
 
 def _counts(xp: Any, plan: Plan, held: Any) -> Any:
@@ -188,14 +167,14 @@ def _counts(xp: Any, plan: Plan, held: Any) -> Any:
                                                                       held.dtype) + 1.0
 
 
-def _causal(xp: Any, vectors: tuple[Any, Any, Any], raw_k: Any, s: Any,
-            gates: tuple[Any, Any, Any], st: State, plan: Plan, held: Any, *,
-            finals: bool, slab: int, scan: Scan) -> tuple[Any, State | None]:
+def _causal(xp: Any, fields: dict[str, Any], s: Any, st: State, plan: Plan, held: Any, *,
+            finals: bool, slab: int, scan: Scan, exact: Exact | None,
+            power: Any) -> tuple[Any, State | None, Marks]:
     """Spec 4.2 for every chunk of every sequence: frames and means, then the slabs.
 
-    Returns the outputs (nc, R, C, Dv) and, with `finals`, the state after each sequence
-    (leading axes (S, R), its `length` 0; an empty sequence's is its initial state)."""
-    qh, kh, vc = vectors
+    Returns the outputs (nc, R, C, Dv), with `finals` the state after each sequence (leading
+    axes (S, R), its `length` 0; an empty sequence's is its initial state, else None), and
+    the slabs' `Marks`."""
     valid = plan.valid[:, None, :]
     start = plan.start[:, None]  # (nc, 1)
     # s_ref of each sequence: the state's running max, or the sequence's first logit.
@@ -220,23 +199,26 @@ def _causal(xp: Any, vectors: tuple[Any, Any, Any], raw_k: Any, s: Any,
     prior = xp.take(held[:, None] * st.mean_offset, plan.segment, axis=0)  # n sbar, about s_ref
     mean = (prior[..., None] + before[..., None] + within) / t[:, None, :]
     w = xp.exp(xp.where(valid, s - m_end[..., None], -xp.inf))
-    fields = Slab(q=qh, k=kh, v=vc, s=s, rel=rel, w=w, m_row=m_row,
-                  decay=xp.exp(m_prev[..., None] - m_row), mean=mean, first=gates[0],
-                  higher=gates[1], zero=gates[2], m_prev=m_prev, m_end=m_end, s_ref=s_ref,
-                  t=t, start=plan.start, segment=plan.segment)
-    init = _sums_from_state(xp, st)  # zeros for an empty state
-    _, out, sums = _run_slabs(xp, fields, init, plan, outputs=True, finals=finals, slab=slab,
-                              scan=scan)
+    x = Slab(**fields, s=s, rel=rel, w=w, m_row=m_row, decay=xp.exp(m_prev[..., None] - m_row),
+             mean=mean, m_prev=m_prev, m_end=m_end, s_ref=s_ref, t=t)
+    lifted = st if power is None else replace(st, kv=exact.scaled(st.kv, _rows(power, 5)))
+    init = _sums_from_state(xp, lifted)  # zeros for an empty state
+    out, sums, marks = _run_slabs(xp, x, init, plan, outputs=True, finals=finals, slab=slab,
+                                  scan=scan, exact=exact, power=power)
     if not finals:
-        return out, None
-    keys = segmented_scan(xp, xp.sum(raw_k, axis=-2), plan.start, xp.add)  # (nc, R, D)
+        return out, None, marks
+    keys = segmented_scan(xp, marks.keys, plan.start, xp.add)  # (nc, R, D)
     end = _state_from_sums(
         xp, sums, length=0,
         frame=xp.take(m_end, plan.tail, axis=0), reference=s_ref_seq,
         mean=xp.permute_dims(xp.take(xp.reshape(xp.permute_dims(mean, (1, 0, 2)),
                                                 (rows, -1)), plan.last, axis=1), (1, 0)),
         key_sum=st.key_sum + xp.take(keys, plan.tail, axis=0))
-    return out, _kept(xp, end, st, plan.filled)
+    if power is not None:
+        end = replace(end, kv=exact.scaled(end.kv, -_rows(power, 5)))
+    end = _kept(xp, end, st, plan.filled)
+    met = xp.take(marks.spoilt, plan.tail, axis=0) & plan.filled[:, None]  # (S, R)
+    return out, _spoilt(xp, end, met), marks
 
 
 def _lengths(xp: Any, plan: Plan) -> Any:
@@ -247,34 +229,41 @@ def _lengths(xp: Any, plan: Plan) -> Any:
 
 
 def _run_slabs(xp: Any, fields: Slab, init: Sums | None, plan: Plan, *, outputs: bool,
-               finals: bool, slab: int, scan: Scan) -> tuple[Sums, Any, Any]:
+               finals: bool, slab: int, scan: Scan, exact: Exact | None,
+               power: Any) -> tuple[Any, Any, Marks]:
     """`slab.step` over the slabs of `fields` (nc, ...), threaded by `scan`.
 
-    Returns the sums after the last chunk, the outputs (nc, R, C, Dv) (None without
-    `outputs`), and with `finals` the sums after each sequence's last chunk, leading axes
-    (S, R) (for one sequence, the last carry; for several, the sums after every chunk
-    are kept and taken at each sequence's tail)."""
+    Returns the outputs (nc, R, C, Dv) (None without `outputs`), with `finals` the sums after
+    each sequence's last chunk, leading axes (S, R) (for one sequence, the last carry; for
+    several, the sums after every chunk are kept and taken at each sequence's tail), and
+    the slabs' `Marks` (nc, ...)."""
     rows = fields.q.shape[1]
     d, dv = fields.q.shape[-1], fields.v.shape[-1]
     keep = finals and plan.first.shape[0] > 1
-    zeros = xp.zeros((rows, d, dv), dtype=fields.q.dtype)
-    carry = Sums(f=zeros, e=xp.zeros((rows,), dtype=fields.q.dtype), g=zeros, h=zeros)
+    zeros = xp.zeros((rows, d, dv), dtype=fields.s.dtype)
+    carry = Carry(Sums(f=zeros, e=xp.zeros((rows,), dtype=fields.s.dtype), g=zeros, h=zeros),
+                  spoilt=xp.zeros((rows,), dtype=xp.bool))
 
-    def body(carry: Sums, x: Slab) -> tuple[Sums, tuple[Any, Any]]:
-        carry, out, after = step(xp, carry, x, init, outputs=outputs)
-        return carry, (out, after if keep else None)
+    def body(carry: Carry, x: Slab) -> tuple[Carry, tuple[Any, Any, Marks]]:
+        carry, out, after, marks = step(xp, carry, x, init, outputs=outputs, exact=exact,
+                                        power=power)
+        return carry, (out, after if keep else None, marks)
 
     xs = Slab(*(xp.reshape(x, (x.shape[0] // slab, slab, *x.shape[1:])) for x in fields))
-    carry, (outs, afters) = scan(body, carry, xs)
-    whole = None if outs is None else xp.reshape(outs, (-1, *outs.shape[2:]))
+    carry, (outs, afters, marks) = scan(body, carry, xs)
+
+    def joined(x: Any) -> Any:  # (slabs, S, ...) -> (nc, ...)
+        return xp.reshape(x, (-1, *x.shape[2:]))
+
+    marks = Marks(*(joined(x) for x in marks))
+    whole = None if outs is None else joined(outs)
     if not finals:
-        return carry, whole, None
+        return whole, None, marks
     if keep:
-        sums = Sums(*(xp.take(xp.reshape(a, (-1, *a.shape[2:])), plan.tail, axis=0)
-                      for a in afters))
+        sums = Sums(*(xp.take(joined(a), plan.tail, axis=0) for a in afters))
     else:
-        sums = Sums(*(a[None, ...] for a in carry))
-    return carry, whole, sums
+        sums = Sums(*(a[None, ...] for a in carry.sums))
+    return whole, sums, marks
 
 
 def _sums_from_state(xp: Any, st: State) -> Sums:
@@ -321,12 +310,11 @@ def _spoilt(xp: Any, state: State, rows: Any) -> State:
                  kv=nan(state.kv), key_sum=state.key_sum)
 
 
-def _bidirectional(xp: Any, vectors: tuple[Any, Any, Any], s: Any,
-                   gates: tuple[Any, Any, Any], plan: Plan, *, slab: int,
-                   scan: Scan) -> Any:
+def _bidirectional(xp: Any, fields: dict[str, Any], s: Any, plan: Plan, *, slab: int,
+                   scan: Scan, exact: Exact | None, power: Any) -> tuple[Any, Marks]:
     """Spec 4.3 for every sequence: its whole sums, in the frame of its largest logit (which
-    is also its s_ref), read by every row of it with t = n. Returns (nc, R, C, Dv)."""
-    qh, kh, vc = vectors
+    is also its s_ref), read by every row of it with t = n (a second scan). Returns the
+    outputs (nc, R, C, Dv) and the first scan's `Marks`."""
     valid = plan.valid[:, None, :]
     tops = xp.max(xp.where(valid, s, -xp.inf), axis=-1)  # (nc, R)
     top = segmented_scan(xp, tops, plan.start, xp.maximum)
@@ -334,12 +322,10 @@ def _bidirectional(xp: Any, vectors: tuple[Any, Any, Any], s: Any,
     rel = xp.where(valid, s - top[..., None], 0.0)
     w = xp.exp(xp.where(valid, rel, -xp.inf))
     unused = xp.zeros_like(s)
-    fields = Slab(q=qh, k=kh, v=vc, s=s, rel=rel, w=w, m_row=unused, decay=unused,
-                  mean=unused, first=unused, higher=unused, zero=unused, m_prev=top,
-                  m_end=top, s_ref=top, t=xp.ones_like(plan.position, dtype=s.dtype),
-                  start=plan.start, segment=plan.segment)
-    _, _, sums = _run_slabs(xp, fields, None, plan, outputs=False, finals=True,
-                            slab=slab, scan=scan)  # (S, R, ...)
+    x = Slab(**fields, s=s, rel=rel, w=w, m_row=unused, decay=unused, mean=unused,
+             m_prev=top, m_end=top, s_ref=top, t=xp.ones_like(plan.position, dtype=s.dtype))
+    _, sums, marks = _run_slabs(xp, x, None, plan, outputs=False, finals=True, slab=slab,
+                                scan=scan, exact=exact, power=power)  # (S, R, ...)
     n = xp.astype(_lengths(xp, plan), s.dtype)  # (S,)
     mean = xp.sum(xp.reshape(rel, (rel.shape[0], rel.shape[1], -1)), axis=-1)  # (nc, R)
     mean = xp.take(segmented_scan(xp, mean, plan.start, xp.add), plan.tail, axis=0)
@@ -349,22 +335,28 @@ def _bidirectional(xp: Any, vectors: tuple[Any, Any, Any], s: Any,
         return xp.expand_dims(xp.take(x, plan.segment, axis=0), axis=2)
 
     count = xp.take(n, plan.segment, axis=0)[:, None, None]  # (nc, 1, 1)
-    g1, gh, g0 = gates
+    g1, gh, g0 = fields["first"], fields["higher"], fields["zero"]
     a = gh / per_chunk(sums.e)
     b = (g1 - gh) / count
     c = (g0 - gh) / count - b * per_chunk(mean)
+    # Every row of a sequence that met a non-finite key, value or logit is NaN.
+    spoilt = xp.take(xp.take(marks.spoilt, plan.tail, axis=0), plan.segment, axis=0)
     whole = (sums.f, sums.g, sums.h)
-    if plan.first.shape[0] == 1:  # one sequence: its sums are read by every chunk alike
-        return sum(((x[..., None] * qh) @ total
-                    for x, total in zip((a, b, c), (y[0, ...] for y in whole), strict=True)))
+    directions = (lambda y: direction(xp, y)) if exact is None \
+        else (lambda y: exact.directions(y, -1))
 
     def body(carry: Any, x: tuple[Any, ...]) -> tuple[Any, Any]:
-        q, a, b, c, segment = x
+        q, a, b, c, segment, bad, valid, spoilt = x
+        q, bad_q = directions(q)
         totals = (xp.take(y, segment, axis=0) for y in whole)  # (S', R, D, Dv)
-        return carry, sum(((z[..., None] * q) @ total
-                           for z, total in zip((a, b, c), totals, strict=True)))
+        out = sum(((z[..., None] * q) @ total
+                   for z, total in zip((a, b, c), totals, strict=True)))
+        reached = ((bad_q | bad) & valid[:, None, :]) | spoilt[..., None]
+        out = xp.where(reached[..., None], xp.nan, out)
+        return carry, out if power is None else exact.scaled(out, -power[None, :, None, None])
 
     xs = tuple(xp.reshape(x, (x.shape[0] // slab, slab, *x.shape[1:]))
-               for x in (qh, a, b, c, plan.segment))
+               for x in (fields["q"], a, b, c, plan.segment, fields["bad_row"], plan.valid,
+                         spoilt))
     _, outs = scan(body, xp.zeros(()), xs)
-    return xp.reshape(outs, (-1, *outs.shape[2:]))
+    return xp.reshape(outs, (-1, *outs.shape[2:])), marks

@@ -10,9 +10,26 @@ written so that its gradient is finite too: nothing unselected is ever multiplie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["direction", "finite"]
+__all__ = ["Exact", "direction", "finite"]
+
+
+class Exact(Protocol):
+    """What the form calls, for a library whose arithmetic reads subnormal numbers as zero
+    (XLA's CPU code), where such numbers could change the answer: powers of two applied to
+    the bits. The module `zeros_backends.jax_exact` is one."""
+
+    def directions(self, x: Any, axis: int) -> tuple[Any, Any]:
+        """`direction` of the vectors of x along `axis`, those holding entries too small for
+        the arithmetic first scaled by exact powers of two."""
+
+    def lift(self, v: Any, kv: Any) -> Any:
+        """The power of two (R,) int by which each row's values v (R, N, Dv) and state sums
+        kv (S, R, 3, D, Dv) are multiplied so that none is subnormal; 0 where none is."""
+
+    def scaled(self, x: Any, power: Any) -> Any:
+        """x 2^power exactly (`power` integer, broadcast against x)."""
 
 
 def finite(xp: Any, x: Any) -> tuple[Any, Any]:
@@ -21,17 +38,17 @@ def finite(xp: Any, x: Any) -> tuple[Any, Any]:
     return xp.where(ok, x, 0.0), ~ok
 
 
-def direction(xp: Any, x: Any) -> tuple[Any, Any]:
-    """Unit directions of the vectors along the last axis of `x` (..., D), and which vectors
-    held a non-finite value (...,) bool.
+def direction(xp: Any, x: Any, axis: int = -1) -> tuple[Any, Any]:
+    """Unit directions of the vectors along `axis` of `x` (-1 or -2), and which vectors held a
+    non-finite value (`axis` reduced, bool).
 
     Zero vectors and vectors holding a non-finite value give zero directions. Each vector is
     divided by its largest magnitude before its norm is taken (the squared norm then lies in
     [1, D]), so the direction is exact to rounding for any finite scale (spec 2.1).
     """
-    bad = ~xp.all(xp.isfinite(x), axis=-1)
-    x = xp.where(bad[..., None], 0.0, x)
-    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    bad = ~xp.all(xp.isfinite(x), axis=axis, keepdims=True)
+    x = xp.where(bad, 0.0, x)
+    peak = xp.max(xp.abs(x), axis=axis, keepdims=True)
     y = x / xp.where(peak > 0, peak, 1.0)
-    squared = xp.sum(y * y, axis=-1, keepdims=True)
-    return y / xp.sqrt(xp.where(squared > 0, squared, 1.0)), bad
+    squared = xp.sum(y * y, axis=axis, keepdims=True)
+    return y / xp.sqrt(xp.where(squared > 0, squared, 1.0)), xp.squeeze(bad, axis=axis)
