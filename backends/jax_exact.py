@@ -114,9 +114,25 @@ def _times(x: Any, power: Any) -> Any:
 
 
 def _scaled(x: Any, power: Any) -> Any:
-    """x 2^power with the value of `ldexp` and the gradient of the multiplication."""
-    _, lax = _modules()
-    return lax.stop_gradient(ldexp(x, power)) + _times(x - lax.stop_gradient(x), power)
+    """x 2^power with the value of `ldexp` (no arithmetic touches it: an addition would
+    flush a subnormal result) and the derivative of the multiplication."""
+    return _differentiable_ldexp()(x, power)
+
+
+@functools.cache
+def _differentiable_ldexp() -> Any:
+    import jax
+
+    @jax.custom_jvp
+    def scaled(x: Any, power: Any) -> Any:
+        return ldexp(x, power)
+
+    @scaled.defjvp
+    def derivative(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+        x, power = primals
+        return ldexp(x, power), _times(tangents[0], power)
+
+    return scaled
 
 
 def _holds(x: Any, below: float) -> Any:
