@@ -4,6 +4,7 @@ backend's answers for tiny keys and values (ZS-STAB-MAGNITUDE), in float32 and i
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -98,3 +99,39 @@ def test_tiny_keys_and_values_keep_their_answer(dtype: str) -> None:
         assert np.max(np.abs(got[row] - want[row])) <= bound * scale, row
     assert np.max(np.abs(kv[1] - end.kv[1])) <= bound * np.max(np.abs(end.kv[1]))
     assert np.min(np.abs(kv[1][kv[1] != 0])) < tiny, "the state's sums keep subnormal entries"
+
+
+
+def _pieces(x: np.ndarray, spans: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The token spans (start, length) of x (R, N[, D]) packed one after another."""
+    return np.concatenate([np.take(x, np.arange(a, a + n), axis=1) for a, n in spans], axis=1)
+
+
+@pytest.mark.req("ZS-STAB-MAGNITUDE", "ZS-VARLEN-STATE")
+def test_tiny_values_continue_from_states_in_packed_calls() -> None:
+    """Three packed sequences whose values lie near the smallest normal number (many entries
+    below it), continued from their states: the states' sums are lifted with the
+    values and moved back after, in both calls."""
+    tiny = float(np.finfo(np.float32).smallest_normal)
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.normal(size=(2, 90, 4)).astype(np.float32) for _ in range(3))
+    v *= tiny
+    logits = rng.normal(size=(2, 90)).astype(np.float32)
+    gates = {"first": np.float32(0.75 / tiny), "higher": np.float32(0.5 / tiny)}
+    head, tail = ((0, 20), (30, 30), (70, 10)), ((20, 10), (60, 10), (80, 10))
+    first = [_pieces(x, head) for x in (q, k, v, logits)]
+    second = [_pieces(x, tail) for x in (q, k, v, logits)]
+    cut, rest = np.asarray([0, 20, 50, 60]), np.asarray([0, 10, 20, 30])
+    _, mid = zeros_ref.attention(*first[:3], logits=first[3], cu_seqlens=cut,
+                                 return_state=True, **gates)
+    want = zeros_ref.attention(*second[:3], logits=second[3], cu_seqlens=rest, state=mid,
+                               **gates)
+    _, jmid = backend.attention(*(jnp.asarray(x) for x in first[:3]),
+                                logits=jnp.asarray(first[3]), cu_seqlens=jnp.asarray(cut),
+                                return_state=True, **gates)
+    got = np.asarray(backend.attention(*(jnp.asarray(x) for x in second[:3]),
+                                       logits=jnp.asarray(second[3]),
+                                       cu_seqlens=jnp.asarray(rest), state=jmid, **gates))
+    for a, b in itertools.pairwise(rest):  # each sequence on its own scale
+        error = np.max(np.abs(got[:, a:b] - want[:, a:b]))
+        assert error <= 1e-5 * np.max(np.abs(want[:, a:b])), (a, b)
