@@ -34,13 +34,18 @@ from zeros_ref import kernel
 
 from . import array_api, jax_exact
 
-__all__ = ["CHUNK_SIZE", "SLAB_SIZE", "JaxBackend", "backend"]
+__all__ = ["CHUNK_SIZE", "COMPILED_KEPT", "SLAB_SIZE", "JaxBackend", "backend"]
 
 CHUNK_SIZE = 64
 """Default chunk length C."""
 SLAB_SIZE = 16
 """Default chunks per slab: one step of the compiled scan. (8 was about 7% faster at N = 8192
 in one dense call, but made a packed call of 500 sequences 11 times a dense one: ZS-ON-VARLEN.)"""
+COMPILED_KEPT = 64
+"""Compiled variants of the form kept at most (one per bucket of shapes and option set): past
+it they are all dropped and compiled again as calls meet them. Each holds its machine code in
+memory mappings, and a process may hold only so many (65,530 on Linux by default: a process
+that met a few hundred shapes could no longer compile)."""
 _GATES = ("first", "higher", "zero")
 
 
@@ -155,7 +160,10 @@ class JaxBackend:
         """The compiled form (`_core`), its arguments kept while `memory_peak` records."""
         if self._recorded is not None:
             self._recorded.append((args, options))
-        return _core()(*args, **options)
+        core = _core()
+        if core._cache_size() >= COMPILED_KEPT:
+            core.clear_cache()
+        return core(*args, **options)
 
     def memory_peak(self, fn: Callable[[], Any]) -> int:
         """Peak bytes of the calls ``fn()`` makes (ZS-ON-MEMORY), from XLA's buffer assignment

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .array_api.screen import direction
 
-__all__ = ["directions", "ldexp", "lift", "peak_exponent", "scaled"]
+__all__ = ["directions", "ldexp", "lift", "lowered", "peak_exponent", "raised"]
 
 NONE = -(1 << 20)
 """`peak_exponent` of zeros: below every exponent."""
@@ -152,12 +152,11 @@ def directions(x: Any, axis: int) -> tuple[Any, Any]:
     the power of two that brings its largest finite entry into [1, 2). Gradients flow as
     through a multiplication."""
     jnp, lax = _modules()
-    plain = functools.partial(direction, jnp, axis=axis)
-    if _layout(x) is None:
-        return plain(x)
-    info = jnp.finfo(x.dtype)
-    return lax.cond(_holds(x, float(info.smallest_normal / info.eps)),
-                    lambda y: plain(_scaled(y, _power(-peak_exponent(y, axis)))), plain, x)
+    if _layout(x) is not None:
+        info = jnp.finfo(x.dtype)
+        x = lax.cond(_holds(x, float(info.smallest_normal / info.eps)),
+                     lambda y: _scaled(y, _power(-peak_exponent(y, axis))), lambda y: y, x)
+    return direction(jnp, x, axis=axis)
 
 
 def _power(power: Any) -> Any:
@@ -189,10 +188,30 @@ def lift(v: Any, kv: Any) -> Any:
     return lax.cond(_holds(v, tiny) | _holds(kv, tiny), powers, nothing, v, kv)
 
 
-def scaled(x: Any, power: Any) -> Any:
-    """x 2^power (`power` broadcast against x) where any power is not 0, else x itself:
-    the value of `ldexp`, the gradient of the multiplication."""
+def raised(x: Any, power: Any) -> Any:
+    """x 2^power for `power` >= 0 (broadcast against x), exactly where x is subnormal too:
+    x itself where every power is 0 (``jax.lax.cond``); the derivative of a multiplication."""
+    jnp, lax = _modules()
+    form = _layout(x)
+    if form is None:
+        return x
+
+    def up(x: Any, power: Any) -> Any:  # a subnormal x is m 2^(1 - bias - width), m integer
+        a, sign = _magnitudes(x, form)
+        m = a.astype(x.dtype)  # exact where x is subnormal (m < 2^width)
+        tiny = _times(jnp.where(sign != 0, -m, m), power + (1 - form.bias - form.width))
+        return jnp.where((a >> form.width) == 0, lax.stop_gradient(tiny), _times(x, power))
+
+    return lax.cond(jnp.any(power != 0), up, lambda y, p: y, x, power)
+
+
+def lowered(x: Any, power: Any, *, exact: bool) -> Any:
+    """x 2^-power for `power` >= 0 (broadcast against x): exactly (`ldexp`, subnormal
+    results rebuilt from the bits), or, not `exact`, by two multiplications (results below the
+    smallest normal number become 0); x itself where every power is 0 (``jax.lax.cond``);
+    the derivative of a multiplication."""
     jnp, lax = _modules()
     if _layout(x) is None:
         return x
-    return lax.cond(jnp.any(power != 0), _scaled, lambda y, p: y, x, power)
+    down = (lambda y, p: _scaled(y, -p)) if exact else (lambda y, p: _times(y, -p))
+    return lax.cond(jnp.any(power != 0), down, lambda y, p: y, x, power)

@@ -70,6 +70,7 @@ def test_compiles_once_per_bucket() -> None:
     """Lengths of one bucket, and packed batches of one shape with other offsets, reuse one
     compiled program."""
     core = jax_backend._core()
+    core.clear_cache()  # so that COMPILED_KEPT is not reached within the test
     q, k, v = (backend.from_numpy(a, "float32") for a in _inputs(300, seed=1))
     backend.attention(q[:, :290], k[:, :290], v[:, :290])
     before = core._cache_size()
@@ -78,6 +79,18 @@ def test_compiles_once_per_bucket() -> None:
     for offsets in ([0, 100, 250, 300], [0, 70, 240, 300]):  # 2 + 3 + 1 chunks each
         backend.attention(q, k, v, cu_seqlens=backend.from_numpy(np.array(offsets), "int32"))
     assert core._cache_size() - before == 1  # the first packed call only
+
+
+def test_keeps_a_bounded_number_of_compiled_variants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past COMPILED_KEPT variants the compiled programs are dropped (each holds memory
+    mappings, of which a process has a bounded number), and calls still answer."""
+    monkeypatch.setattr(jax_backend, "COMPILED_KEPT", 2)
+    core = jax_backend._core()
+    q, k, v = _inputs(300, seed=2)
+    for n in (40, 100, 150, 300):  # 1, 2, 3 and 5 chunks of 64: four buckets
+        got = backend.attention(*(backend.from_numpy(x[:, :n], "float32") for x in (q, k, v)))
+        assert core._cache_size() <= 2
+        assert _relative(got, zeros_ref.attention(q[:, :n], k[:, :n], v[:, :n])) < 1e-5
 
 
 @pytest.mark.req("ZS-GRAD")

@@ -201,7 +201,7 @@ def _causal(xp: Any, fields: dict[str, Any], s: Any, st: State, plan: Plan, held
     w = xp.exp(xp.where(valid, s - m_end[..., None], -xp.inf))
     x = Slab(**fields, s=s, rel=rel, w=w, m_row=m_row, decay=xp.exp(m_prev[..., None] - m_row),
              mean=mean, m_prev=m_prev, m_end=m_end, s_ref=s_ref, t=t)
-    lifted = st if power is None else replace(st, kv=exact.scaled(st.kv, _rows(power, 5)))
+    lifted = st if power is None else replace(st, kv=exact.raised(st.kv, _rows(power, 5)))
     init = _sums_from_state(xp, lifted)  # zeros for an empty state
     out, sums, marks = _run_slabs(xp, x, init, plan, outputs=True, finals=finals, slab=slab,
                                   scan=scan, exact=exact, power=power)
@@ -215,7 +215,7 @@ def _causal(xp: Any, fields: dict[str, Any], s: Any, st: State, plan: Plan, held
                                                 (rows, -1)), plan.last, axis=1), (1, 0)),
         key_sum=st.key_sum + xp.take(keys, plan.tail, axis=0))
     if power is not None:
-        end = replace(end, kv=exact.scaled(end.kv, -_rows(power, 5)))
+        end = replace(end, kv=exact.lowered(end.kv, _rows(power, 5), exact=True))
     end = _kept(xp, end, st, plan.filled)
     met = xp.take(marks.spoilt, plan.tail, axis=0) & plan.filled[:, None]  # (S, R)
     return out, _spoilt(xp, end, met), marks
@@ -353,7 +353,9 @@ def _bidirectional(xp: Any, fields: dict[str, Any], s: Any, plan: Plan, *, slab:
                    for z, total in zip((a, b, c), totals, strict=True)))
         reached = ((bad_q | bad) & valid[:, None, :]) | spoilt[..., None]
         out = xp.where(reached[..., None], xp.nan, out)
-        return carry, out if power is None else exact.scaled(out, -power[None, :, None, None])
+        if power is not None:  # outputs are at least tiny / eps where they count (7.1)
+            out = exact.lowered(out, power[None, :, None, None], exact=False)
+        return carry, out
 
     xs = tuple(xp.reshape(x, (x.shape[0] // slab, slab, *x.shape[1:]))
                for x in (fields["q"], a, b, c, plan.segment, fields["bad_row"], plan.valid,

@@ -28,8 +28,12 @@ class Exact(Protocol):
         """The power of two (R,) int by which each row's values v (R, N, Dv) and state sums
         kv (S, R, 3, D, Dv) are multiplied so that none is subnormal; 0 where none is."""
 
-    def scaled(self, x: Any, power: Any) -> Any:
-        """x 2^power exactly (`power` integer, broadcast against x)."""
+    def raised(self, x: Any, power: Any) -> Any:
+        """x 2^power exactly, subnormal x included (`power` >= 0 integer, broadcast)."""
+
+    def lowered(self, x: Any, power: Any, *, exact: bool) -> Any:
+        """x 2^-power (`power` >= 0 integer, broadcast): exactly, subnormal results included,
+        or (not `exact`) with results below the smallest normal number possibly zero."""
 
 
 def finite(xp: Any, x: Any) -> tuple[Any, Any]:

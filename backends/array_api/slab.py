@@ -119,7 +119,7 @@ def vectors(xp: Any, x: Slab, exact: Exact | None, power: Any) -> Vectors:
     v, bad_v = finite(xp, x.v)
     v = xp.where(valid[..., None], v, 0.0)
     if power is not None:
-        v = exact.scaled(v, power[None, :, None, None])
+        v = exact.raised(v, power[None, :, None, None])
     bad_key = (bad_k | xp.any(bad_v, axis=-1) | x.bad_logit) & valid
     return Vectors(q=qh, k=kh, v=v, raw_k=raw_k, bad_query=(bad_q | x.bad_row) & valid,
                    bad_key=bad_key, nonfinite_key=bad_k & valid)
@@ -199,7 +199,7 @@ def step(xp: Any, carry: Carry, x: Slab, init: Sums | None, *, outputs: bool,
         reached = vec.bad_query | within | earlier[..., None]
         out = xp.where(reached[..., None], xp.nan, out)
         if power is not None:
-            out = exact.scaled(out, -power[None, :, None, None])
+            out = exact.lowered(out, power[None, :, None, None], exact=False)
     marks = Marks(keys=xp.sum(vec.raw_k, axis=-2), spoilt=spoilt,
                   nonfinite_key=xp.any(vec.nonfinite_key, axis=-1))
     return Carry(Sums(*(a[-1, ...] for a in after)), spoilt[-1, ...]), out, after, marks
