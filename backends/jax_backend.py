@@ -44,9 +44,11 @@ N = 8192, float32, on a 2-core CPU; a packed call of 500 sequences takes about 2
 dense call of as many tokens, ZS-ON-VARLEN)."""
 COMPILED_KEPT = 64
 """Compiled variants of the form kept at most (one per bucket of shapes and option set): past
-it they are all dropped and compiled again as calls meet them. Each holds its machine code in
-memory mappings, and a process may hold only so many (65,530 on Linux by default: a process
-that met a few hundred shapes could no longer compile)."""
+it JAX's caches are cleared (``jax.clear_caches``: the form's variants, and the small programs
+of the eager operations around it, which JAX compiles per shape too), and programs compile
+again as calls meet them. Each holds its machine code in memory mappings, and a process may
+hold only so many (65,530 on Linux by default: the x64 conformance run, which meets
+thousands of shapes, could no longer compile)."""
 _GATES = ("first", "higher", "zero")
 
 
@@ -163,7 +165,7 @@ class JaxBackend:
             self._recorded.append((args, options))
         core = _core()
         if core._cache_size() >= COMPILED_KEPT:
-            core.clear_cache()
+            _jax().clear_caches()
         return core(*args, **options)
 
     def memory_peak(self, fn: Callable[[], Any]) -> int:
@@ -252,8 +254,10 @@ class JaxBackend:
 
             out, pull = jax.vjp(loss_of, *leaves)
             grads = pull(jax.numpy.asarray(cotangent, dtype=out.dtype))
-            return {name: np.asarray(grad, dtype=np.float64)
-                    for name, grad in zip(names, grads, strict=True)}
+            result = {name: np.asarray(grad, dtype=np.float64)
+                      for name, grad in zip(names, grads, strict=True)}
+        jax.clear_caches()  # a suite's many differentiated shapes (see COMPILED_KEPT)
+        return result
 
     def synchronize(self) -> None:
         """Wait for the last call's result (JAX dispatches asynchronously; for timings)."""
