@@ -169,7 +169,9 @@ def lift(v: Any, kv: Any) -> Any:
     """The power of two p >= 0 (R,) int32 by which each row's values v (R, N, Dv) and state
     sums kv (S, R, 3, D, Dv) (linear in the values) are multiplied so that no entry is
     subnormal: 0 unless one is, else enough to bring the row's largest entry up to
-    2^(-bias / 2) (entries up to half the exponent range below it are then normal)."""
+    2^(-bias / 2) (entries up to half the exponent range below it are then normal). One power
+    serves every sequence of a row: a packed row whose sequences' values lie more than half
+    the exponent range apart keeps the smaller ones flushed."""
     jnp, lax = _modules()
     form = _layout(v)
     rows = v.shape[0]
