@@ -105,23 +105,24 @@ class Vectors(NamedTuple):
     nonfinite_key: Any
 
 
-def vectors(xp: Any, x: Slab, exact: Exact | None, power: Any) -> Vectors:
+def vectors(xp: Any, x: Slab, exact: Exact | None, power: Any, *, queries: bool) -> Vectors:
     """Directions, screening (`screen`) and layout of a slab's q, k and v; `power` (R,) the
-    power of two of each row's values (`Exact.lift`), or None."""
+    power of two of each row's values (`Exact.lift`), or None. Without `queries` (no outputs
+    are read), ``q`` and ``bad_query`` are None."""
     valid = x.valid[:, None, :]  # (S, 1, C)
     raw_k = xp.where(valid[..., None], x.k, 0.0)
     keys = xp.matrix_transpose(raw_k)  # (S, R, D, C)
-    if exact is None:
-        qh, bad_q = direction(xp, x.q)
-        kh, bad_k = direction(xp, keys, axis=-2)
-    else:
-        (qh, bad_q), (kh, bad_k) = exact.directions(x.q, -1), exact.directions(keys, -2)
+    directions = (lambda y, axis: direction(xp, y, axis=axis)) if exact is None \
+        else exact.directions
+    kh, bad_k = directions(keys, -2)
+    qh, bad_q = directions(x.q, -1) if queries else (None, None)
     v, bad_v = finite(xp, x.v)
     v = xp.where(valid[..., None], v, 0.0)
     if power is not None:
         v = exact.raised(v, power[None, :, None, None])
     bad_key = (bad_k | xp.any(bad_v, axis=-1) | x.bad_logit) & valid
-    return Vectors(q=qh, k=kh, v=v, raw_k=raw_k, bad_query=(bad_q | x.bad_row) & valid,
+    bad_query = None if bad_q is None else (bad_q | x.bad_row) & valid
+    return Vectors(q=qh, k=kh, v=v, raw_k=raw_k, bad_query=bad_query,
                    bad_key=bad_key, nonfinite_key=bad_k & valid)
 
 
@@ -161,7 +162,7 @@ def step(xp: Any, carry: Carry, x: Slab, init: Sums | None, *, outputs: bool,
     Returns the next carry, the outputs (S, R, C, Dv) (None without `outputs`), the sums
     after each chunk (S, R, ...) and the slab's `Marks`.
     """
-    vec = vectors(xp, x, exact, power)
+    vec = vectors(xp, x, exact, power, queries=outputs)
     lower, entering = links(xp, x.start)
     update = Sums(f=vec.k @ (x.w[..., None] * vec.v), e=xp.sum(x.w, axis=-1),
                   g=vec.k @ (x.rel[..., None] * vec.v), h=vec.k @ vec.v)
