@@ -110,8 +110,13 @@ class JaxBackend:
 
     @property
     def dtypes(self) -> tuple[str, ...]:
-        """float16, bfloat16 and float32; float64 too while JAX's x64 mode is enabled."""
-        wide = ("float64",) if _jax().config.jax_enable_x64 else ()
+        """float16, bfloat16 and float32; float64 too while JAX's x64 mode is enabled (never
+        where JAX is not installed: the registry lists the backend there too)."""
+        try:
+            x64 = _jax().config.jax_enable_x64
+        except RuntimeError:  # no JAX
+            x64 = False
+        wide = ("float64",) if x64 else ()
         return ("float16", "bfloat16", "float32", *wide)
 
     def from_numpy(self, x: np.ndarray, dtype: str) -> Any:
